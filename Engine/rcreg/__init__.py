@@ -1,0 +1,25 @@
+"""rcreg — Recursive Cascaded Networks for deformable 3D medical image registration.
+
+Coordinate conventions: docs/conventions.md.
+"""
+from .cascade import CascadeOutput, RecursiveCascadeNetwork
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .networks import available_networks, build_network
+from .spatial import affine_flow, compose, jacobian_determinant, warp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CascadeOutput",
+    "RecursiveCascadeNetwork",
+    "CheckpointError",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+    "available_networks",
+    "build_network",
+    "affine_flow",
+    "compose",
+    "jacobian_determinant",
+    "warp",
+]

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``rcreg`` command line (see rcreg.cli)."""

@@ -1,0 +1,129 @@
+"""Dense spatial transforms on the network grid: warping, exact composition, affine flows, Jacobians.
+
+All fields here are *pull-back displacement fields in voxels of the tensor grid*: a flow ``u`` of shape
+``(B, 3, X, Y, Z)`` maps the fixed-grid voxel ``p`` to the moving-image position ``p + u(p)``, and
+channel ``i`` displaces tensor axis ``i`` (axes in ITK index order i, j, k). See docs/conventions.md.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_grid",
+    "centered_grid",
+    "warp",
+    "compose",
+    "affine_flow",
+    "apply_matrix",
+    "jacobian_determinant",
+]
+
+
+def identity_grid(shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel index coordinates of a grid: ``(3, X, Y, Z)`` with ``grid[i, x, y, z]`` = index along axis i."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def centered_grid(shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates relative to the grid centre ``(n - 1) / 2`` on each axis: ``(3, X, Y, Z)``."""
+    centre = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
+    return identity_grid(shape, device=device, dtype=dtype) - centre.view(3, 1, 1, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalized_identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Identity grid in ``grid_sample``'s normalised coordinates, flattened: ``(X·Y·Z, 3)`` ordered (W, H, D)."""
+    with torch.inference_mode(False), torch.no_grad():
+        axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in shape]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).reshape(-1, 3)
+
+
+def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """Turn a voxel flow ``(B, 3, X, Y, Z)`` into the normalised ``grid_sample`` grid ``(B, X, Y, Z, 3)``.
+
+    One fused pass: ``grid = identity + flowᵀ · M`` where M scales voxels to [−1, 1] units and reverses
+    the channel order (``grid_sample`` wants (W, H, D), the tensor axes reversed).
+    """
+    batch, _, *shape = flow.shape
+    if min(shape) < 2:
+        raise ValueError(f"warping needs at least 2 voxels along every axis, got grid {tuple(shape)}")
+    scale = torch.zeros(3, 3, device=flow.device, dtype=flow.dtype)
+    for axis, n in enumerate(shape):
+        scale[axis, 2 - axis] = 2.0 / (n - 1)
+    base = _normalized_identity(tuple(shape), flow.device, flow.dtype)
+    disp = flow.permute(0, 2, 3, 4, 1).reshape(batch, -1, 3)
+    grid = torch.baddbmm(base.expand(batch, -1, -1), disp, scale.expand(batch, 3, 3))
+    return grid.view(batch, *shape, 3)
+
+
+def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` (border padding, corners aligned), split into slabs along the first axis.
+
+    The 3D CPU kernel parallelises over the batch only, so a single volume is sampled as
+    ``torch.get_num_threads()`` slabs presented as a batch of the (expanded, not copied) input.
+    """
+    batch, channels = image.shape[:2]
+    size = grid.shape[1]
+    slabs = min(torch.get_num_threads(), 8) if image.device.type == "cpu" and batch == 1 else 1
+    while slabs > 1 and size % slabs:
+        slabs -= 1
+    if slabs == 1:
+        return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
+    slab_grid = grid.reshape(slabs, size // slabs, *grid.shape[2:])
+    out = F.grid_sample(image.expand(slabs, -1, -1, -1, -1), slab_grid, mode=mode, padding_mode="border",
+                        align_corners=True)
+    return out.transpose(0, 1).reshape(1, channels, *grid.shape[1:4])
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Pull ``image`` back through ``flow``: ``out(p) = image(p + flow(p))``.
+
+    image: ``(B, C, X, Y, Z)``; flow: ``(B, 3, X, Y, Z)`` in voxels (same grid). ``mode`` is
+    ``"bilinear"`` (trilinear, for images and flows) or ``"nearest"`` (label maps). Positions outside
+    the grid take the border value. Sampling is done in fp32 whatever the autocast state.
+    """
+    if image.shape[0] != flow.shape[0] or image.shape[2:] != flow.shape[2:]:
+        raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} are not on the same grid")
+    with torch.autocast(device_type=flow.device.type, enabled=False):
+        out = _grid_sample(image.float(), _sampling_grid(flow.float()), mode)
+    return out if image.is_floating_point() else out.round().to(image.dtype)
+
+
+def compose(previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Exact composition of pull-back fields: apply ``previous`` after ``flow``'s step.
+
+    Returns ``u(p) = previous(p + flow(p)) + flow(p)``, i.e. the transform ``p ↦ φ_prev(p + flow(p))``.
+    Shapes ``(B, 3, X, Y, Z)``.
+    """
+    return warp(previous, flow) + flow
+
+
+def affine_flow(matrix: torch.Tensor, translation: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Dense flow of ``x ↦ A x + b`` on voxel coordinates centred on the grid: ``A x + b − x``.
+
+    matrix: ``(B, 3, 3)``; translation: ``(B, 3)`` voxels; returns ``(B, 3, *shape)``.
+    """
+    x = centered_grid(shape, device=matrix.device, dtype=matrix.dtype).flatten(1)  # (3, N)
+    moved = torch.einsum("bij,jn->bin", matrix, x) + translation.unsqueeze(-1)
+    return (moved - x).view(matrix.shape[0], 3, *shape)
+
+
+def apply_matrix(matrix: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Multiply every displacement vector of ``flow`` ``(B, 3, X, Y, Z)`` by ``matrix`` ``(B, 3, 3)``."""
+    return torch.einsum("bij,bj...->bi...", matrix, flow)
+
+
+def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``p ↦ p + flow(p)`` with central differences (one-sided at borders).
+
+    flow: ``(B, 3, X, Y, Z)`` in voxels; returns ``(B, X, Y, Z)``. Values ≤ 0 mark folding.
+    """
+    grads = [torch.gradient(flow, dim=d)[0] for d in (2, 3, 4)]  # each (B, 3, X, Y, Z): ∂u/∂x_d
+    jac = torch.stack(grads, dim=2)  # (B, 3 [component], 3 [derivative axis], X, Y, Z)
+    jac = jac + torch.eye(3, device=flow.device, dtype=flow.dtype).view(1, 3, 3, 1, 1, 1)
+    return torch.linalg.det(jac.permute(0, 3, 4, 5, 1, 2))
