@@ -82,7 +82,7 @@ class RecursiveCascadeNetwork(nn.Module):
                 out = net(x)
         if isinstance(out, tuple):
             return tuple(o.float() for o in out)
-        return out.float().contiguous()
+        return out.float()
 
     def forward(
         self,
