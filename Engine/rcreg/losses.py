@@ -1,0 +1,173 @@
+"""Training losses: image similarity, flow smoothness, affine regularisers and optional label Dice.
+
+Functional core (each function returns a scalar tensor, the mean over the batch) plus
+:class:`RegistrationLoss`, which combines them for a :class:`~rcreg.cascade.CascadeOutput`.
+Flows are voxel pull-back fields ``(B, 3, X, Y, Z)`` (docs/conventions.md). Defaults follow the paper.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cascade import CascadeOutput
+
+__all__ = [
+    "pearson_loss",
+    "local_ncc_loss",
+    "mse_loss",
+    "smoothness_loss",
+    "affine_determinant_loss",
+    "affine_orthogonality_loss",
+    "dice_loss",
+    "SIMILARITY_LOSSES",
+    "RegistrationLoss",
+]
+
+_VARIANCE_EPS = 1e-6
+_ORTHO_EPS = 1e-5
+
+
+def pearson_loss(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """``1 − r`` with r the Pearson correlation of each image pair over all its voxels and channels.
+
+    fixed, warped: ``(B, C, X, Y, Z)``. ``r = cov / sqrt((var_f + 1e-6)(var_w + 1e-6))``. Returns the mean
+    over the batch (the paper summed over the batch, which only rescales the loss by B).
+    """
+    f = fixed.flatten(1).float()
+    w = warped.flatten(1).float()
+    f = f - f.mean(dim=1, keepdim=True)
+    w = w - w.mean(dim=1, keepdim=True)
+    cov = (f * w).mean(dim=1)
+    r = cov / torch.sqrt((f.square().mean(dim=1) + _VARIANCE_EPS) * (w.square().mean(dim=1) + _VARIANCE_EPS))
+    return (1.0 - r).mean()
+
+
+def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """``1 − mean local correlation`` over ``window³`` boxes centred on every voxel.
+
+    fixed, warped: ``(B, C, X, Y, Z)``; ``window`` odd. Box means come from ``avg_pool3d`` (windows are
+    truncated at the borders, not zero-padded). The local correlation is signed (in [−1, 1]); flat boxes
+    count as 0. Returns the mean over voxels, channels and batch.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"local NCC window must be a positive odd number, got {window}")
+    f, w = fixed.float(), warped.float()
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+
+    mean_f, mean_w = box(f), box(w)
+    cov = box(f * w) - mean_f * mean_w
+    var_f = (box(f * f) - mean_f.square()).clamp_min(0.0)
+    var_w = (box(w * w) - mean_w.square()).clamp_min(0.0)
+    return 1.0 - (cov / torch.sqrt(var_f * var_w + _VARIANCE_EPS)).mean()
+
+
+def mse_loss(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Mean squared intensity difference over voxels, channels and batch."""
+    return (fixed.float() - warped.float()).square().mean()
+
+
+def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
+    """The paper's smoothness term for one cascade's own flow ``(B, 3, X, Y, Z)``.
+
+    Per image: ``Σ_axes ½·Σ (forward difference)² / (X·Y·Z·3)``; returns the mean over the batch.
+    """
+    batch, channels, *shape = flow.shape
+    total = flow.new_zeros(batch)
+    for dim in (2, 3, 4):
+        total = total + 0.5 * torch.diff(flow, dim=dim).square().flatten(1).sum(dim=1)
+    return (total / (shape[0] * shape[1] * shape[2] * channels)).mean()
+
+
+def affine_determinant_loss(matrix: torch.Tensor) -> torch.Tensor:
+    """``½ (det A − 1)²`` for ``A`` ``(B, 3, 3)``, mean over the batch."""
+    return (0.5 * (torch.linalg.det(matrix.float()) - 1.0).square()).mean()
+
+
+def affine_orthogonality_loss(matrix: torch.Tensor) -> torch.Tensor:
+    """``Σᵢ (λᵢ + 1/λᵢ) − 6`` over the eigenvalues of ``AᵀA + εI`` (ε = 1e-5), mean over the batch.
+
+    Zero (up to ε) exactly when ``A`` is orthogonal; ``A`` is ``(B, 3, 3)``.
+    """
+    a = matrix.float()
+    eye = torch.eye(3, device=a.device, dtype=a.dtype)
+    eig = torch.linalg.eigvalsh(a.transpose(1, 2) @ a + _ORTHO_EPS * eye)
+    return ((eig + 1.0 / eig).sum(dim=1) - 6.0).mean()
+
+
+def dice_loss(warped: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Soft Dice loss ``1 − mean_channels 2Σpq / (Σp + Σq)``.
+
+    warped: one-hot or probabilities ``(B, L, X, Y, Z)`` (e.g. one-hot moving labels warped bilinearly);
+    fixed: one-hot ``(B, L, X, Y, Z)``. Every channel given counts (drop background channels before
+    calling to exclude them). Returns the mean over channels and batch.
+    """
+    if warped.shape != fixed.shape:
+        raise ValueError(f"label tensors differ in shape: {tuple(warped.shape)} vs {tuple(fixed.shape)}")
+    p, q = warped.float().flatten(2), fixed.float().flatten(2)
+    dice = 2.0 * (p * q).sum(dim=2) / (p.sum(dim=2) + q.sum(dim=2) + eps)
+    return 1.0 - dice.mean()
+
+
+SIMILARITY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "pearson": pearson_loss,
+    "ncc": local_ncc_loss,
+    "mse": mse_loss,
+}
+
+
+class RegistrationLoss(nn.Module):
+    """Weighted training loss of a recursive cascade.
+
+    ``similarity`` (``"pearson"``, ``"ncc"`` or ``"mse"``) scores only the final warped image;
+    smoothness is summed over every deformable cascade's own flow (``output.stage_flows``); the affine
+    determinant and orthogonality terms apply when the model has an affine cascade; the Dice term
+    (``dice_weight > 0``) needs warped and fixed label tensors. Defaults are the paper's weights.
+    """
+
+    def __init__(
+        self,
+        similarity: str = "pearson",
+        reg_weight: float = 1.0,
+        det_weight: float = 0.1,
+        ortho_weight: float = 0.1,
+        dice_weight: float = 0.0,
+    ):
+        super().__init__()
+        if similarity not in SIMILARITY_LOSSES:
+            raise ValueError(f"unknown similarity {similarity!r}; choose one of {sorted(SIMILARITY_LOSSES)}")
+        self.similarity = similarity
+        self.similarity_fn = SIMILARITY_LOSSES[similarity]
+        self.reg_weight = reg_weight
+        self.det_weight = det_weight
+        self.ortho_weight = ortho_weight
+        self.dice_weight = dice_weight
+
+    def forward(
+        self,
+        output: CascadeOutput,
+        fixed: torch.Tensor,
+        warped_labels: Optional[torch.Tensor] = None,
+        fixed_labels: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return ``(total, terms)``: the scalar loss to back-propagate and its unweighted parts as floats."""
+        terms = {"similarity": self.similarity_fn(fixed, output.warped)}
+        if output.stage_flows:
+            terms["smoothness"] = torch.stack([smoothness_loss(f) for f in output.stage_flows]).sum()
+        if output.affine is not None:
+            terms["det"] = affine_determinant_loss(output.affine[0])
+            terms["ortho"] = affine_orthogonality_loss(output.affine[0])
+        if self.dice_weight > 0:
+            if warped_labels is None or fixed_labels is None:
+                raise ValueError("dice_weight > 0 needs warped_labels and fixed_labels")
+            terms["dice"] = dice_loss(warped_labels, fixed_labels)
+        weights = {"similarity": 1.0, "smoothness": self.reg_weight, "det": self.det_weight,
+                   "ortho": self.ortho_weight, "dice": self.dice_weight}
+        total = sum(weights[name] * value for name, value in terms.items())
+        report = {name: float(value.detach()) for name, value in terms.items()}
+        report["total"] = float(total.detach())
+        return total, report

@@ -1,0 +1,161 @@
+"""Evaluation metrics on numpy arrays (any resolution): overlap, surface distance, landmarks, Jacobians.
+
+Arrays are in ITK index order (i, j, k) and ``spacing`` is ``(sx, sy, sz)`` in mm in that same order
+(docs/conventions.md). Label scores are dictionaries ``{label: value}``; :func:`mean_score` averages
+them. Jacobian-determinant arrays come from :func:`rcreg.spatial.jacobian_determinant`.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .spatial import jacobian_determinant
+
+__all__ = [
+    "dice",
+    "jaccard",
+    "mean_score",
+    "hausdorff",
+    "landmark_error",
+    "folding_fraction",
+    "sdlogj",
+    "jacobian_std",
+    "correlation",
+    "summary",
+]
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
+
+
+def _labels(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]]) -> list:
+    """The labels to score: those given, else every non-zero value present in ``a`` or ``b``."""
+    if labels is not None:
+        return list(labels)
+    return [v.item() for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]]):
+    """Yield ``(label, |A|, |B|, |A∩B|)`` for every scored label."""
+    a, b = np.asarray(a), np.asarray(b)
+    _check_same_shape(a, b)
+    for label in _labels(a, b, labels):
+        in_a, in_b = a == label, b == label
+        yield label, int(in_a.sum()), int(in_b.sum()), int(np.logical_and(in_a, in_b).sum())
+
+
+def dice(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]] = None) -> dict:
+    """Dice ``2|A∩B| / (|A| + |B|)`` per label (default: all non-zero labels); NaN where both are empty."""
+    return {lab: 2.0 * both / (na + nb) if na + nb else float("nan") for lab, na, nb, both in _overlap(a, b, labels)}
+
+
+def jaccard(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]] = None) -> dict:
+    """Jaccard ``|A∩B| / |A∪B|`` per label (default: all non-zero labels); NaN where both are empty."""
+    return {lab: both / (na + nb - both) if na + nb else float("nan") for lab, na, nb, both in _overlap(a, b, labels)}
+
+
+def mean_score(scores: dict) -> float:
+    """Mean of a ``{label: value}`` dictionary, ignoring NaN entries (NaN if nothing is left)."""
+    values = np.array(list(scores.values()), dtype=float)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with at least one 6-neighbour outside it (outside the array counts as outside)."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+
+
+def hausdorff(
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    percentile: float = 95.0,
+    labels: Optional[Iterable[int]] = None,
+) -> dict:
+    """Symmetric surface Hausdorff distance in mm per label: ``max(P(d(∂A→∂B)), P(d(∂B→∂A)))``.
+
+    ``P`` is the ``percentile`` (100 = the classic maximum) of the distances from every surface voxel of
+    one mask to the nearest surface voxel of the other (Euclidean, with ``spacing`` in mm). NaN where
+    either mask is empty. Work is cropped to the labels' bounding box, so large images stay cheap.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    _check_same_shape(a, b)
+    if len(spacing) != a.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {a.ndim}-D array")
+    result = {}
+    for label in _labels(a, b, labels):
+        in_a, in_b = a == label, b == label
+        if not in_a.any() or not in_b.any():
+            result[label] = float("nan")
+            continue
+        # Crop to both masks' bounding box plus one voxel, so erosion sees the true neighbours.
+        box = ndimage.find_objects((in_a | in_b).astype(np.uint8))[0]
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, a.shape))
+        surf_a, surf_b = _surface(in_a[box]), _surface(in_b[box])
+        a_to_b = ndimage.distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
+        b_to_a = ndimage.distance_transform_edt(~surf_a, sampling=spacing)[surf_b]
+        result[label] = float(max(np.percentile(a_to_b, percentile), np.percentile(b_to_a, percentile)))
+    return result
+
+
+def landmark_error(mapped_points: np.ndarray, target_points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Euclidean distances between corresponding points ``(N, 3)`` (mm): ``(per_point, mean)``."""
+    mapped, target = np.asarray(mapped_points, dtype=float), np.asarray(target_points, dtype=float)
+    if mapped.shape != target.shape or mapped.ndim != 2:
+        raise ValueError(f"landmark arrays must both be (N, 3), got {mapped.shape} and {target.shape}")
+    errors = np.linalg.norm(mapped - target, axis=1)
+    return errors, float(errors.mean())
+
+
+def folding_fraction(detj: np.ndarray) -> float:
+    """Share of voxels whose Jacobian determinant is ≤ 0 (folded)."""
+    return float(np.mean(np.asarray(detj) <= 0))
+
+
+def sdlogj(detj: np.ndarray) -> float:
+    """Standard deviation of ``log det J`` over the voxels with ``det J > 0``.
+
+    Folded voxels have no logarithm; they are left out here and reported by :func:`folding_fraction`
+    (rather than clipped to a small positive value, which would make the number depend on the clip).
+    """
+    detj = np.asarray(detj, dtype=float)
+    positive = detj[detj > 0]
+    return float(np.log(positive).std()) if positive.size else float("nan")
+
+
+def jacobian_std(detj: np.ndarray) -> float:
+    """Standard deviation of ``det J`` over all voxels: the paper's "Jacobian" number (not a folding %)."""
+    return float(np.asarray(detj, dtype=float).std())
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images over all voxels."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in size: {a.size} vs {b.size} voxels")
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def summary(flow: torch.Tensor) -> dict:
+    """Regularity of one voxel flow ``(3, X, Y, Z)`` or ``(1, 3, X, Y, Z)``: folding fraction, SDlogJ,
+    the paper's Jacobian std and the mean determinant, from :func:`rcreg.spatial.jacobian_determinant`."""
+    if flow.dim() == 4:
+        flow = flow.unsqueeze(0)
+    if flow.dim() != 5 or flow.shape[:2] != (1, 3):
+        raise ValueError(f"summary needs one flow (3, X, Y, Z) or (1, 3, X, Y, Z), got {tuple(flow.shape)}")
+    with torch.no_grad():
+        detj = jacobian_determinant(flow.double())[0].cpu().numpy()
+    return {
+        "folding_fraction": folding_fraction(detj),
+        "sdlogj": sdlogj(detj),
+        "jacobian_std": jacobian_std(detj),
+        "mean_detj": float(detj.mean()),
+    }
