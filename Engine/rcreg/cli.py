@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 # name → module; imported lazily so `rcreg --help` stays fast.
 COMMANDS = {
+    "data": "rcreg.commands.data",
 }
 
 
