@@ -8,6 +8,7 @@ from .losses import RegistrationLoss
 from .metrics import dice, folding_fraction, hausdorff, jaccard, jacobian_std, landmark_error, mean_score, sdlogj
 from .networks import available_networks, build_network
 from .spatial import affine_flow, compose, jacobian_determinant, warp
+from .registration import RegistrationResult, register
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,6 @@ __all__ = [
     "compose",
     "jacobian_determinant",
     "warp",
+    "register",
+    "RegistrationResult",
 ]

@@ -90,14 +90,19 @@ class RecursiveCascadeNetwork(nn.Module):
         moving: torch.Tensor,
         repeat: int = 1,
         callback: Optional[Callable[[int, int], None]] = None,
+        cascades: Optional[int] = None,
     ) -> CascadeOutput:
-        """fixed, moving: ``(B, 1, X, Y, Z)`` on the same grid. ``callback(done, total)`` reports progress."""
+        """fixed, moving: ``(B, 1, X, Y, Z)`` on the same grid. ``callback(done, total)`` reports progress.
+
+        ``cascades=k`` runs only the first k deformable cascades (the 1/n scale of all n is kept).
+        """
         if fixed.shape != moving.shape:
             raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ in shape")
         if repeat < 1:
             raise ValueError(f"repeat must be ≥ 1, got {repeat}")
         shape = fixed.shape[2:]
-        total = (self.affine is not None) + self.n_cascades * repeat
+        nets = self.cascades[:cascades] if cascades is not None else self.cascades
+        total = (self.affine is not None) + len(nets) * repeat
         done = 0
         flow = torch.zeros(fixed.shape[0], 3, *shape, device=fixed.device)
         warped = moving.float()
@@ -111,7 +116,7 @@ class RecursiveCascadeNetwork(nn.Module):
                 callback(done, total)
         stage_flows = []
         scale = 1.0 / max(self.n_cascades, 1)
-        for net in self.cascades:
+        for net in nets:
             for _ in range(repeat):
                 f = self._run(net, fixed, warped) * scale
                 if affine is not None and not stage_flows:

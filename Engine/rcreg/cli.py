@@ -12,6 +12,9 @@ from typing import Optional, Sequence
 
 # name → module; imported lazily so `rcreg --help` stays fast.
 COMMANDS = {
+    "register": "rcreg.commands.register",
+    "apply": "rcreg.commands.apply",
+    "models": "rcreg.commands.models",
     "data": "rcreg.commands.data",
 }
 

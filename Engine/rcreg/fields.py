@@ -1,0 +1,115 @@
+"""Network flows (voxels of the network grid) ↔ dense physical displacement fields (LPS mm) and ITK transforms.
+
+See docs/conventions.md for the directions and units. A physical field here is a SimpleITK vector
+image of float64 with the fixed image's origin, spacing and direction, holding pull-back
+displacements ``u(p)`` in mm: the fixed point ``p`` maps to the moving point ``p + u(p)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .spatial import jacobian_determinant
+
+__all__ = [
+    "flow_to_displacement",
+    "displacement_transform",
+    "displacement_to_voxel_flow",
+    "field_jacobian_determinant",
+]
+
+
+def _index_matrix(image: sitk.Image) -> np.ndarray:
+    """``D · diag(s)``: continuous index → physical offset (3×3)."""
+    return np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+
+
+def _linear_weights(q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1D linear interpolation at continuous positions ``q`` on ``n`` samples, clamped to the border.
+
+    Returns ``(i0, i0 + 1, w)`` so that ``value = (1 − w)·x[i0] + w·x[i0 + 1]``.
+    """
+    q = q.clamp(0, n - 1)
+    i0 = q.floor().long().clamp(max=n - 2)
+    return i0, i0 + 1, q - i0
+
+
+def _interpolate_axis(x: torch.Tensor, axis: int, weights) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``axis`` at the positions encoded in ``weights``."""
+    i0, i1, w = weights
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    w = w.view(shape).to(x.dtype)
+    return torch.lerp(x.index_select(axis, i0), x.index_select(axis, i1), w)
+
+
+def flow_to_displacement(
+    flow: torch.Tensor, grid: sitk.Image, fixed: sitk.Image, chunk: int = 16
+) -> sitk.Image:
+    """Resample a network flow into a physical displacement field on the fixed image's full grid.
+
+    flow: ``(1, 3, X, Y, Z)`` or ``(3, X, Y, Z)`` pull-back flow in voxels of ``grid`` (the network
+    grid, sharing the fixed image's direction); fixed: defines the output grid. For each fixed voxel
+    centre ``p``: its continuous index ``q`` in ``grid``, the flow sampled there trilinearly (clamped
+    at the border), the target ``x' = grid.TransformContinuousIndexToPhysicalPoint(q + flow(q))`` and
+    the displacement ``x' − p = D·diag(s)·flow(q)`` (D, s: the grid's direction and spacing).
+
+    Because the grid shares the fixed image's axes, ``q`` is a per-axis affine function of the fixed
+    index, so trilinear sampling is done separably, ``chunk`` fixed k-planes at a time. Returns a
+    ``sitkVectorFloat64`` image with the fixed image's geometry.
+    """
+    flow = flow.detach().to("cpu", torch.float64)
+    if flow.dim() == 5:
+        flow = flow[0]
+    if flow.dim() != 4 or flow.shape[0] != 3 or tuple(flow.shape[1:]) != tuple(grid.GetSize()):
+        raise ValueError(f"flow {tuple(flow.shape)} does not match the network grid {grid.GetSize()}")
+    to_grid = np.linalg.inv(_index_matrix(grid))
+    index_map = to_grid @ _index_matrix(fixed)  # fixed index → grid index (linear part)
+    if np.abs(index_map - np.diag(np.diag(index_map))).max() > 1e-6 * np.abs(index_map).max():
+        raise ValueError("the network grid must share the fixed image's axes (direction)")
+    offset = to_grid @ (np.asarray(fixed.GetOrigin()) - np.asarray(grid.GetOrigin()))
+    size_f, size_n = fixed.GetSize(), grid.GetSize()
+    weights = [
+        _linear_weights(torch.arange(size_f[a], dtype=torch.float64) * index_map[a, a] + offset[a], size_n[a])
+        for a in range(3)
+    ]
+    to_mm = torch.from_numpy(_index_matrix(grid))
+    out = np.empty((size_f[2], size_f[1], size_f[0], 3), dtype=np.float64)  # SimpleITK order k, j, i, c
+    # Along i and j once for all (the grid is small), then chunks of fixed k-planes.
+    coarse = _interpolate_axis(_interpolate_axis(flow, 1, weights[0]), 2, weights[1])  # (3, I, J, Z)
+    i0, i1, w = weights[2]
+    for start in range(0, size_f[2], chunk):
+        part = slice(start, start + chunk)
+        planes = _interpolate_axis(coarse, 3, (i0[part], i1[part], w[part]))  # (3, I, J, k)
+        out[part] = torch.einsum("cd,dijk->kjic", to_mm, planes).numpy()
+    field = sitk.GetImageFromArray(out, isVector=True)
+    field.CopyInformation(fixed)
+    return field
+
+
+def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:
+    """A ``DisplacementFieldTransform`` over a physical field (the field image is copied, not consumed)."""
+    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+
+
+def displacement_to_voxel_flow(field: sitk.Image) -> torch.Tensor:
+    """A physical field (LPS mm) expressed in voxels of its own grid: ``(1, 3, I, J, K)`` float32,
+    ``v = (D·diag(s))⁻¹ u`` — a similarity of the physical map, so its Jacobian determinant is equal."""
+    u = torch.from_numpy(sitk.GetArrayViewFromImage(field).astype(np.float64))  # (K, J, I, 3)
+    to_voxels = torch.from_numpy(np.linalg.inv(_index_matrix(field)))
+    return torch.einsum("cd,kjid->cijk", to_voxels, u).float().unsqueeze(0)
+
+
+def field_jacobian_determinant(field: sitk.Image, slab: int = 32) -> np.ndarray:
+    """det J of ``p ↦ p + u(p)`` for a physical field, ``(I, J, K)`` float32, computed in slabs along i
+    (one plane of overlap, so values equal those of :func:`rcreg.spatial.jacobian_determinant` on the
+    whole field)."""
+    flow = displacement_to_voxel_flow(field)
+    n = flow.shape[2]
+    parts = []
+    for start in range(0, n, slab):
+        lo, hi = max(start - 1, 0), min(start + slab + 1, n)
+        detj = jacobian_determinant(flow[:, :, lo:hi])[0]
+        parts.append(detj[start - lo: start - lo + min(slab, n - start)])
+    return torch.cat(parts).numpy()

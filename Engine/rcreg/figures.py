@@ -1,0 +1,89 @@
+"""The registration overview figure: three orthogonal slices of fixed, moving, warped, a checkerboard
+and the deformation grid (matplotlib, Agg backend; no display needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io import atomic_path
+
+__all__ = ["registration_figure", "checkerboard"]
+
+_PLANES = ((2, "axial (k)"), (1, "coronal (j)"), (0, "sagittal (i)"))  # axis held fixed, title
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
+    """2D checkerboard of two equally shaped images: ``a`` on the even squares, ``b`` on the odd ones."""
+    rows, cols = np.indices(a.shape)
+    tiles = (rows * squares // a.shape[0] + cols * squares // a.shape[1]) % 2
+    return np.where(tiles == 0, a, b)
+
+
+def _scaled(array: np.ndarray) -> np.ndarray:
+    """Intensities mapped to [0, 1] with the 1st and 99th percentiles."""
+    low, high = np.percentile(array, [1, 99])
+    return np.clip((array - low) / (high - low), 0, 1) if high > low else np.zeros_like(array, dtype=float)
+
+
+def _slice(volume: np.ndarray, axis: int) -> np.ndarray:
+    """Middle slice across ``axis`` of an (i, j, k[, c]) volume, transposed so rows are the 2nd in-plane axis."""
+    plane = np.take(volume, volume.shape[axis] // 2, axis=axis)
+    return np.swapaxes(plane, 0, 1)
+
+
+def registration_figure(
+    fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, displacement: sitk.Image,
+    path: str | os.PathLike, grid_lines: int = 24,
+) -> Path:
+    """Save a PNG with one row per orthogonal plane (middle slices of the fixed grid).
+
+    Columns: fixed, moving (on the fixed grid, before registration), warped, checkerboard of fixed
+    and warped, and the deformation grid — lines of the fixed grid displaced by the in-plane
+    components of the pull-back field (in voxels), drawn over the fixed slice.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    def ijk(image: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+
+    vols = [_scaled(ijk(im).astype(np.float32)) for im in (fixed, moving, warped)]
+    index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
+    to_voxels = np.linalg.inv(index_matrix)
+    field = sitk.GetArrayViewFromImage(displacement).transpose(2, 1, 0, 3)  # (i, j, k, 3) mm
+    spacing = fixed.GetSpacing()
+    fig, axes = plt.subplots(3, 5, figsize=(15, 9.5))
+    for row, (axis, title) in enumerate(_PLANES):
+        a, b = [d for d in range(3) if d != axis]  # in-plane axes: columns a, rows b
+        aspect = spacing[b] / spacing[a]
+        f, m, w = (_slice(v, axis) for v in vols)
+        panels = [(f, "fixed"), (m, "moving"), (w, "warped"), (checkerboard(f, w), "fixed | warped")]
+        for col, (image, name) in enumerate(panels):
+            axes[row, col].imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
+            axes[row, col].set_title(f"{name} — {title}", fontsize=9)
+        ax = axes[row, 4]
+        ax.imshow(f, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1, alpha=0.5)
+        disp = _slice(field, axis) @ to_voxels.T  # (rows = b, cols = a, 3) in voxels
+        rows_b, cols_a = np.indices(disp.shape[:2])
+        x, y = cols_a + disp[..., a], rows_b + disp[..., b]
+        step = max(1, max(disp.shape[:2]) // grid_lines)
+        for r in range(0, disp.shape[0], step):
+            ax.plot(x[r], y[r], color="tab:red", linewidth=0.6)
+        for c in range(0, disp.shape[1], step):
+            ax.plot(x[:, c], y[:, c], color="tab:red", linewidth=0.6)
+        ax.set_xlim(-0.5, disp.shape[1] - 0.5)
+        ax.set_ylim(-0.5, disp.shape[0] - 0.5)
+        ax.set_title(f"deformation grid — {title}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return Path(path)

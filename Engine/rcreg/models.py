@@ -1,0 +1,172 @@
+"""Finding the registration model to run: bundled models, checkpoint files, networks or plain predictors.
+
+Bundled models are rcreg checkpoints (rcreg.checkpoint) installed as ``rcreg/models/<name>.pt``;
+their model card (docs/model-card.md) says the grid, the normalisation and the modality. Anything
+that maps network-grid tensors to a flow can drive the pipeline: a callable
+``f(fixed, moving) -> flow`` with ``fixed``, ``moving`` ``(1, 1, X, Y, Z)`` and ``flow``
+``(1, 3, X, Y, Z)`` in voxels of the network grid (docs/conventions.md). A network or predictor
+without a card gets :data:`DEFAULT_CARD`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from .cascade import RecursiveCascadeNetwork
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+
+__all__ = [
+    "MODELS_DIR",
+    "DEFAULT_CARD",
+    "Model",
+    "ModelSpec",
+    "list_models",
+    "resolve_model",
+    "select_device",
+]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+#: Card given to networks and predictors that come without one: a 128³ grid and 1–99 % percentile
+#: scaling, which suits MR and is harmless for CT.
+DEFAULT_CARD: dict = {
+    "name": "unnamed",
+    "modality": "any",
+    "grid": {"shape": [128, 128, 128]},
+    "normalization": {"type": "percentile", "low": 1, "high": 99},
+}
+
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelSpec = Union[None, str, os.PathLike, RecursiveCascadeNetwork, Predictor]
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA GPU is available")
+    return device
+
+
+def _complete_card(card: Optional[dict], name: str) -> dict:
+    """``card`` with the grid, normalisation and name of :data:`DEFAULT_CARD` filled in where missing."""
+    full = copy.deepcopy(DEFAULT_CARD)
+    full["name"] = name
+    full.update(copy.deepcopy(card or {}))
+    return full
+
+
+@dataclass
+class Model:
+    """A resolved model: ``name``, completed ``card``, and either a ``network`` or a ``predictor``."""
+
+    name: str
+    card: dict
+    network: Optional[RecursiveCascadeNetwork] = None
+    predictor: Optional[Predictor] = None
+
+    def predict(
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        *,
+        cascades: Optional[int] = None,
+        repeat: int = 1,
+        device: torch.device = torch.device("cpu"),
+        callback: Optional[Callable[[int, int], None]] = None,
+    ) -> torch.Tensor:
+        """The composed pull-back flow ``(1, 3, X, Y, Z)`` (voxels of the network grid) on the CPU.
+
+        ``cascades``: use only the first k deformable cascades; ``repeat``: test-time shared-weight
+        repeats. Both need a :class:`RecursiveCascadeNetwork`.
+        """
+        fixed, moving = fixed.to(device), moving.to(device)
+        with torch.inference_mode():
+            if self.network is not None:
+                if cascades is not None and not 0 <= cascades <= self.network.n_cascades:
+                    raise ValueError(f"--cascades must be 0…{self.network.n_cascades} for model {self.name}, got {cascades}")
+                self.network.to(device).eval()
+                flow = self.network(fixed, moving, repeat=repeat, callback=callback, cascades=cascades).flow
+            else:
+                if cascades is not None or repeat != 1:
+                    raise ValueError(f"cascades/repeat need a recursive cascade network; {self.name} is a plain predictor")
+                flow = self.predictor(fixed, moving)
+                if callback:
+                    callback(1, 1)
+        if tuple(flow.shape) != (1, 3, *fixed.shape[2:]):
+            raise ValueError(f"model {self.name} returned a flow of shape {tuple(flow.shape)}, "
+                             f"expected {(1, 3, *fixed.shape[2:])}")
+        return flow.float().cpu()
+
+
+def list_models() -> list[tuple[str, dict]]:
+    """Installed (bundled) models as ``(name, card)``, sorted by name; unreadable files are skipped."""
+    found = []
+    for path in sorted(MODELS_DIR.glob("*.pt")):
+        try:
+            found.append((path.stem, _complete_card(load_checkpoint(path).get("card"), path.stem)))
+        except CheckpointError:
+            continue
+    return found
+
+
+def _default_model(modality: Optional[str]) -> str:
+    """Name of the model to use when none is given (see :func:`resolve_model`)."""
+    models = list_models()
+    if not models:
+        raise ValueError(
+            f"no registration model is installed (none in {MODELS_DIR}); pass --model with a checkpoint file"
+        )
+    if modality:
+        matching = [(n, c) for n, c in models if str(c.get("modality", "")).lower() == modality.lower()]
+        if matching:
+            models = matching
+    if len(models) == 1:
+        return models[0][0]
+    defaults = [n for n, c in models if c.get("default")]
+    if defaults:
+        return defaults[0]
+    raise ValueError(f"several models are installed ({', '.join(n for n, _ in models)}); choose one with --model")
+
+
+def resolve_model(model: ModelSpec = None, *, modality: Optional[str] = None) -> Model:
+    """Turn ``model`` into a :class:`Model`.
+
+    ``model`` may be: ``None`` (the installed model for ``modality`` — e.g. ``"CT"``, ``"MR"`` —, else
+    the only one installed, else the one whose card says ``"default": true``); an installed model's
+    name (see :func:`list_models`); a checkpoint path; a :class:`RecursiveCascadeNetwork`; or a
+    predictor callable. Errors are one-line :class:`ValueError` subclasses.
+    """
+    if isinstance(model, RecursiveCascadeNetwork):
+        return Model("network", _complete_card(getattr(model, "card", None), "network"), network=model)
+    if model is not None and callable(model) and not isinstance(model, (str, os.PathLike)):
+        name = getattr(model, "__name__", type(model).__name__)
+        return Model(name, _complete_card(getattr(model, "card", None), name), predictor=model)
+    if model is None:
+        model = _default_model(modality)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a name, a checkpoint path, a network or a callable, not {type(model).__name__}")
+    path = Path(model)
+    bundled = MODELS_DIR / f"{model}.pt"
+    if not path.is_file() and isinstance(model, str) and bundled.is_file():
+        path = bundled
+    if not path.is_file():
+        installed = [n for n, _ in list_models()]
+        raise CheckpointError(
+            f"unknown model {str(model)!r}: not a checkpoint file and not an installed model "
+            f"(installed: {', '.join(installed) or 'none'})"
+        )
+    network, card = model_from_checkpoint(path)
+    name = path.stem
+    return Model(name, _complete_card(card, name), network=network)
+

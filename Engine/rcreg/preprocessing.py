@@ -1,0 +1,128 @@
+"""From images in physical space to the network's input tensors (docs/conventions.md, "Network grid").
+
+The model card (a dict, see docs/model-card.md) gives the grid and the intensity normalisation::
+
+    {"grid": {"shape": [128, 128, 128]},
+     "normalization": {"type": "percentile", "low": 1, "high": 99}}   # MR
+     "normalization": {"type": "window", "min": -1000, "max": 400}}   # CT (HU)
+
+The fixed image defines the output space: :func:`network_grid` builds an isotropic grid of the card's
+shape covering the fixed field of view (or a mask's bounding box), aspect ratio kept, and both images
+are resampled onto it by :func:`preprocess`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .io import ImageLike, InputError, as_image, same_grid
+
+__all__ = ["network_grid", "normalize", "preprocess", "grid_shape"]
+
+
+def grid_shape(card: dict) -> tuple[int, int, int]:
+    """The network grid shape ``(X, Y, Z)`` of a model card."""
+    try:
+        shape = tuple(int(n) for n in card["grid"]["shape"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"model card has no valid grid shape: {card.get('grid')!r}") from None
+    if len(shape) != 3 or min(shape) < 2:
+        raise ValueError(f"model card grid shape must be 3 sizes ≥ 2, got {shape}")
+    return shape
+
+
+def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Image] = None) -> sitk.Image:
+    """An empty reference image of size ``shape`` (X, Y, Z) for the network, in the fixed image's frame.
+
+    Its spacing is isotropic, ``max_a(extent_a / shape_a)`` where ``extent_a`` is the field of view
+    along index axis a (voxel edges to voxel edges; of the mask's non-zero bounding box if ``mask``
+    — on the fixed grid — is given), so the region fits on every axis; it is centred on that region
+    and padded along the other axes, never stretched. Direction = the fixed image's direction.
+    """
+    shape = np.asarray(shape, dtype=int)
+    size = np.asarray(fixed.GetSize())
+    spacing = np.asarray(fixed.GetSpacing())
+    low, high = np.zeros(3), size - 1.0  # first and last voxel index of the region
+    if mask is not None:
+        if not same_grid(mask, fixed):
+            raise InputError("mask is not on the fixed image's grid")
+        nonzero = np.nonzero(sitk.GetArrayViewFromImage(mask))
+        if not nonzero[0].size:
+            raise InputError("mask is empty")
+        index = np.stack(nonzero[::-1])  # (3, N) in i, j, k order
+        low, high = index.min(axis=1).astype(float), index.max(axis=1).astype(float)
+    extent = (high - low + 1.0) * spacing
+    iso = float(np.max(extent / shape))
+    centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(((low + high) / 2).tolist()))
+    direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
+    origin = centre - direction @ (np.full(3, iso) * (shape - 1) / 2.0)
+    grid = sitk.Image([int(n) for n in shape], sitk.sitkUInt8)
+    grid.SetSpacing([iso] * 3)
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin(origin.tolist())
+    return grid
+
+
+def normalize(array: np.ndarray, spec: dict) -> np.ndarray:
+    """Intensities scaled to [0, 1] as float32, clipped.
+
+    ``{"type": "window", "min": a, "max": b}`` maps [a, b] (e.g. a CT window in HU);
+    ``{"type": "percentile", "low": p, "high": q}`` maps the image's own p-th … q-th percentiles
+    (e.g. MR); if those coincide (a mostly empty image) the full min … max range is used.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    kind = spec.get("type")
+    if kind == "window":
+        low, high = float(spec["min"]), float(spec["max"])
+        if not high > low:
+            raise ValueError(f"normalisation window max {high} must exceed min {low}")
+    elif kind == "percentile":
+        low, high = (float(v) for v in np.percentile(array, [spec.get("low", 1), spec.get("high", 99)]))
+        if not high > low:
+            low, high = float(array.min()), float(array.max())
+        if not high > low:
+            return np.zeros_like(array)
+    else:
+        raise ValueError(f"unknown normalisation type {kind!r} (use 'window' or 'percentile')")
+    out = (array - low) * np.float32(1.0 / (high - low))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _antialias(image: sitk.Image, target_spacing: float) -> sitk.Image:
+    """Gaussian-smooth the axes whose spacing is finer than ``target_spacing`` before downsampling.
+
+    σ_a = ½·√(t² − s_a²) mm on axis a (t: target spacing, s_a: image spacing); no-op if none is finer.
+    """
+    spacing = np.asarray(image.GetSpacing())
+    sigma = 0.5 * np.sqrt(np.maximum(target_spacing ** 2 - spacing ** 2, 0.0))
+    if not np.any(sigma > 0.25 * spacing):
+        return image
+    return sitk.SmoothingRecursiveGaussian(image, np.maximum(sigma, 1e-3 * spacing).tolist())
+
+
+def preprocess(
+    image: ImageLike, card: dict, reference: Optional[sitk.Image] = None
+) -> tuple[torch.Tensor, sitk.Image]:
+    """Normalise ``image`` and resample it onto the network grid.
+
+    ``reference``: the network grid (from :func:`network_grid` on the fixed image); if omitted,
+    ``image`` is treated as the fixed image and its own grid is built from the card. Intensities are
+    normalised on the original voxels (so padding does not bias the percentiles), smoothed against
+    aliasing, then linearly resampled; the padding outside the image is 0.
+
+    Returns ``(tensor, reference)`` with ``tensor`` of shape ``(1, 1, X, Y, Z)``, float32 in [0, 1],
+    axes in ITK index order (i, j, k).
+    """
+    image = as_image(image)
+    if reference is None:
+        reference = network_grid(image, grid_shape(card))
+    spec = card.get("normalization") or {"type": "percentile", "low": 1, "high": 99}
+    normalized = sitk.GetImageFromArray(normalize(sitk.GetArrayViewFromImage(image), spec))
+    normalized.CopyInformation(image)
+    normalized = _antialias(normalized, float(max(reference.GetSpacing())))
+    resampled = sitk.Resample(normalized, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape), reference

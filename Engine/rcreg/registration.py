@@ -1,0 +1,242 @@
+"""Registering two volumes in physical space: ``rcreg.register(moving, fixed, …)``.
+
+Pipeline (docs/conventions.md): read → network grid from the fixed image → both images normalised
+and resampled onto it → the model's composed flow → a dense LPS-mm displacement field on the fixed
+image's full grid → the *original* moving image (and labels, points) resampled once through it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import metrics
+from .fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
+from .io import (ImageLike, InputError, as_image, read_label_map, read_points, write_image, write_points,
+                 write_transform)
+from .models import ModelSpec, resolve_model, select_device
+from .preprocessing import grid_shape, network_grid, preprocess
+
+__all__ = ["register", "RegistrationResult", "resample", "OUTPUT_FILES"]
+
+Progress = Callable[[float, str], None]
+
+#: Files written by :meth:`RegistrationResult.save` (``warped_labels``/``mapped_points`` only when present).
+OUTPUT_FILES = {
+    "warped": "warped.nii.gz",
+    "transform": "transform.h5",
+    "displacement": "displacement.nii.gz",
+    "warped_labels": "warped_labels.nii.gz",
+    "mapped_points": "mapped_points.csv",
+    "metrics": "metrics.json",
+    "figure": "figure.png",
+}
+
+
+def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, labels: bool = False) -> sitk.Image:
+    """Pull ``image`` onto ``reference``'s grid through ``transform`` (pull-back, as ITK does).
+
+    Images: linear interpolation to float32, 0 outside; label maps: nearest neighbour, same type.
+    """
+    if labels:
+        return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+    return sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+@dataclass
+class RegistrationResult:
+    """Outputs of :func:`register`, all in the fixed image's space.
+
+    warped: the moving image resampled once onto the fixed grid; displacement: pull-back field (LPS
+    mm, ``sitkVectorFloat64``) on the fixed grid; transform: ``DisplacementFieldTransform`` over it;
+    warped_labels: moving labels (nearest neighbour) or ``None``; mapped_points: fixed points mapped
+    into moving space ``(N, 3)`` LPS mm, or ``None``; metrics: JSON-ready dictionary.
+    """
+
+    warped: sitk.Image
+    displacement: sitk.Image
+    transform: sitk.DisplacementFieldTransform
+    fixed: sitk.Image
+    moving_on_fixed: sitk.Image
+    warped_labels: Optional[sitk.Image] = None
+    mapped_points: Optional[np.ndarray] = None
+    metrics: dict = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write every output (see :data:`OUTPUT_FILES`) into ``directory``, atomically.
+
+        Files are written into a temporary folder first; a new ``directory`` is then created by one
+        rename, an existing one receives each file by rename. On failure nothing is left behind.
+        """
+        from .figures import registration_figure
+
+        directory = Path(directory)
+        parent = directory.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        except OSError as exc:
+            raise OSError(f"{directory}: cannot write output folder ({exc.strerror or exc})") from None
+        try:
+            write_image(self.warped, staging / OUTPUT_FILES["warped"])
+            write_transform(self.transform, staging / OUTPUT_FILES["transform"])
+            # float32 LPS vectors, as ANTs writes its warps (ITK's NIfTI vector layout, intent 1007).
+            write_image(sitk.Cast(self.displacement, sitk.sitkVectorFloat32), staging / OUTPUT_FILES["displacement"])
+            if self.warped_labels is not None:
+                write_image(self.warped_labels, staging / OUTPUT_FILES["warped_labels"])
+            if self.mapped_points is not None:
+                write_points(self.mapped_points, staging / OUTPUT_FILES["mapped_points"])
+            (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(self.metrics, indent=2, allow_nan=True) + "\n")
+            registration_figure(self.fixed, self.moving_on_fixed, self.warped, self.displacement,
+                                staging / OUTPUT_FILES["figure"])
+            if directory.exists():
+                if not directory.is_dir():
+                    raise OSError(f"{directory}: exists and is not a folder")
+                for item in staging.iterdir():
+                    os.replace(item, directory / item.name)
+                staging.rmdir()
+            else:
+                os.rename(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+
+def _as_points(points, name: str) -> np.ndarray:
+    """Points from a CSV path or an ``(N, 3)`` array (LPS mm)."""
+    if isinstance(points, (str, os.PathLike)):
+        return read_points(points)
+    array = np.asarray(points, dtype=float)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise InputError(f"{name}: points must be an (N, 3) array, got shape {array.shape}")
+    return array
+
+
+def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) -> dict:
+    """Dice per label (after and before registration), mean Dice and HD95 (mm) on the fixed grid."""
+    target = sitk.GetArrayViewFromImage(fixed).transpose(2, 1, 0)
+    after = sitk.GetArrayViewFromImage(warped).transpose(2, 1, 0)
+    initial = sitk.GetArrayViewFromImage(before).transpose(2, 1, 0)
+    dice = metrics.dice(after, target)
+    dice_before = metrics.dice(initial, target, labels=list(dice))
+    hd95 = metrics.hausdorff(after, target, spacing=fixed.GetSpacing(), percentile=95, labels=list(dice))
+    return {
+        "dice": {str(k): v for k, v in dice.items()},
+        "dice_mean": metrics.mean_score(dice),
+        "dice_before": {str(k): v for k, v in dice_before.items()},
+        "dice_mean_before": metrics.mean_score(dice_before),
+        "hd95_mm": {str(k): v for k, v in hd95.items()},
+        "hd95_mm_mean": metrics.mean_score(hd95),
+    }
+
+
+def register(
+    moving: ImageLike,
+    fixed: ImageLike,
+    *,
+    model: ModelSpec = None,
+    cascades: Optional[int] = None,
+    repeat: int = 1,
+    device: str | torch.device = "auto",
+    moving_labels: Optional[ImageLike] = None,
+    fixed_labels: Optional[ImageLike] = None,
+    moving_points=None,
+    fixed_points=None,
+    mask: Optional[ImageLike] = None,
+    progress: Optional[Progress] = None,
+) -> RegistrationResult:
+    """Deformably register ``moving`` to ``fixed`` (paths — files or DICOM folders — or SimpleITK images).
+
+    model: see :func:`rcreg.models.resolve_model` (default: the installed model for the fixed
+    image's DICOM modality, else the only/default one). cascades: use only the first k deformable
+    cascades; repeat: test-time shared-weight repeats; device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+    moving_labels / fixed_labels: label maps on their image's grid (Dice, HD95, warped labels);
+    moving_points / fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays (fixed points are mapped into
+    moving space; with both, the landmark error); mask: on the fixed grid, the network grid then
+    covers its bounding box. progress: ``progress(fraction, message)``.
+    """
+    report = progress or (lambda fraction, message: None)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, start: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - start, 4)
+        return now
+
+    t = time.perf_counter()
+    report(0.0, "reading images")
+    fixed = as_image(fixed, "fixed image")
+    moving = as_image(moving, "moving image")
+    fixed_lab = read_label_map(fixed_labels, fixed) if fixed_labels is not None else None
+    moving_lab = read_label_map(moving_labels, moving) if moving_labels is not None else None
+    mask_img = read_label_map(mask, fixed) if mask is not None else None
+    points_f = _as_points(fixed_points, "fixed points") if fixed_points is not None else None
+    points_m = _as_points(moving_points, "moving points") if moving_points is not None else None
+    if points_f is not None and points_m is not None and points_f.shape != points_m.shape:
+        raise InputError(f"fixed and moving points differ in number: {len(points_f)} vs {len(points_m)}")
+    resolved = resolve_model(model, modality=fixed.GetMetaData("0008|0060") if fixed.HasMetaDataKey("0008|0060") else None)
+    dev = select_device(device)
+    t = stage("read", t)
+
+    report(0.1, "preprocessing")
+    grid = network_grid(fixed, grid_shape(resolved.card), mask_img)
+    fixed_t, _ = preprocess(fixed, resolved.card, grid)
+    moving_t, _ = preprocess(moving, resolved.card, grid)
+    t = stage("preprocess", t)
+
+    report(0.2, f"running model {resolved.name} on {dev.type}")
+    flow = resolved.predict(fixed_t, moving_t, cascades=cascades, repeat=repeat, device=dev,
+                            callback=lambda done, total: report(0.2 + 0.5 * done / total, f"cascade {done}/{total}"))
+    t = stage("network", t)
+
+    report(0.7, "building the physical displacement field")
+    displacement = flow_to_displacement(flow, grid, fixed)
+    transform = displacement_transform(displacement)
+    t = stage("field", t)
+
+    report(0.8, "resampling the moving image")
+    warped = resample(moving, fixed, transform)
+    moving_on_fixed = resample(moving, fixed, sitk.Transform())
+    warped_labels = resample(moving_lab, fixed, transform, labels=True) if moving_lab is not None else None
+    mapped = np.array([transform.TransformPoint(p.tolist()) for p in points_f]) if points_f is not None else None
+    t = stage("resample", t)
+
+    report(0.9, "computing metrics")
+    detj = field_jacobian_determinant(displacement)
+    fixed_arr = sitk.GetArrayViewFromImage(fixed)
+    result_metrics: dict = {
+        "model": resolved.name,
+        "cascades": cascades,
+        "repeat": repeat,
+        "device": dev.type,
+        "network_grid": {"shape": list(grid.GetSize()), "spacing_mm": grid.GetSpacing()[0]},
+        "correlation_before": metrics.correlation(sitk.GetArrayViewFromImage(moving_on_fixed), fixed_arr),
+        "correlation_after": metrics.correlation(sitk.GetArrayViewFromImage(warped), fixed_arr),
+        "folding_fraction": metrics.folding_fraction(detj),
+        "sdlogj": metrics.sdlogj(detj),
+        "jacobian_std": metrics.jacobian_std(detj),
+    }
+    if warped_labels is not None and fixed_lab is not None:
+        before = resample(moving_lab, fixed, sitk.Transform(), labels=True)
+        result_metrics.update(_label_metrics(warped_labels, before, fixed_lab))
+    if mapped is not None and points_m is not None:
+        per_point, mean = metrics.landmark_error(mapped, points_m)
+        _, mean_before = metrics.landmark_error(points_f, points_m)
+        result_metrics.update(landmark_error_mm=per_point.tolist(), landmark_error_mm_mean=mean,
+                              landmark_error_mm_mean_before=mean_before)
+    stage("metrics", t)
+    result_metrics["timings_s"] = timings
+    report(1.0, "done")
+    return RegistrationResult(warped=warped, displacement=displacement, transform=transform, fixed=fixed,
+                              moving_on_fixed=moving_on_fixed, warped_labels=warped_labels,
+                              mapped_points=mapped, metrics=result_metrics)
