@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .io import ImageLike, InputError, as_image, same_grid
+from .io import ImageLike, InputError, as_image, read_label_map, same_grid
 
-__all__ = ["network_grid", "normalize", "preprocess", "grid_shape"]
+__all__ = ["network_grid", "normalize", "preprocess", "preprocess_labels", "grid_shape"]
 
 
 def grid_shape(card: dict) -> tuple[int, int, int]:
@@ -126,3 +126,14 @@ def preprocess(
     resampled = sitk.Resample(normalized, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape), reference
+
+
+def preprocess_labels(labels: ImageLike, reference: sitk.Image) -> torch.Tensor:
+    """Resample a label map onto the network grid ``reference`` by nearest neighbour (outside = 0).
+
+    Returns ``(1, 1, X, Y, Z)`` int64, axes in ITK index order (i, j, k), like :func:`preprocess`.
+    """
+    label_map = read_label_map(labels)
+    resampled = sitk.Resample(label_map, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32)
+    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0).astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)
