@@ -16,6 +16,8 @@ COMMANDS = {
     "apply": "rcreg.commands.apply",
     "models": "rcreg.commands.models",
     "data": "rcreg.commands.data",
+    "train": "rcreg.commands.train",
+    "evaluate": "rcreg.commands.evaluate",
 }
 
 

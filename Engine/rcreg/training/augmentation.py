@@ -1,0 +1,182 @@
+"""Random spatial and intensity augmentation of registration pairs on the network grid.
+
+Spatial fields are pull-back voxel flows ``(B, 3, X, Y, Z)`` (docs/conventions.md); the moving image
+is resampled once through the composition of a random affine map and a random smooth free-form
+deformation (a cubic B-spline control grid, as in the paper's 5×5×5 augmentation). All randomness is
+drawn from an explicit :class:`torch.Generator` (on the CPU) so a training step is reproducible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..spatial import affine_flow, apply_matrix, warp
+
+__all__ = [
+    "bspline_basis",
+    "bspline_field",
+    "random_smooth_field",
+    "random_affine",
+    "AugmentationSettings",
+    "augment_moving",
+    "augment_intensity",
+]
+
+
+def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
+    """The centred cubic B-spline kernel β³(t), supported on |t| < 2."""
+    a = t.abs()
+    inner = 2.0 / 3.0 - a.square() + 0.5 * a.pow(3)
+    outer = (2.0 - a).clamp_min(0.0).pow(3) / 6.0
+    return torch.where(a < 1.0, inner, outer)
+
+
+def bspline_basis(size: int, control_points: int, *, dtype=torch.float64) -> torch.Tensor:
+    """Weights ``(size, control_points)`` of control points spread evenly from voxel 0 to ``size − 1``.
+
+    Control point j sits at ``t_j = j·h`` with ``h = (size − 1)/(control_points − 1)``; voxel x gets
+    weight ``β³((x − t_j)/h)``. Rows sum to 1 inside the grid and to 5/6 at its two ends.
+    """
+    if control_points < 2:
+        raise ValueError(f"a control grid needs at least 2 points per axis, got {control_points}")
+    if size < 2:
+        raise ValueError(f"a grid axis needs at least 2 voxels, got {size}")
+    h = (size - 1) / (control_points - 1)
+    x = torch.arange(size, dtype=dtype).unsqueeze(1)
+    t = torch.arange(control_points, dtype=dtype).unsqueeze(0) * h
+    return _cubic_bspline((x - t) / h)
+
+
+def bspline_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Evaluate a cubic B-spline control grid on a dense grid.
+
+    coefficients: ``(B, C, m₁, m₂, m₃)`` control values; returns ``(B, C, *shape)`` with
+    ``out[..., x, y, z] = Σ_abc W₁[x, a] W₂[y, b] W₃[z, c] coefficients[..., a, b, c]``
+    (W from :func:`bspline_basis`).
+    """
+    if coefficients.dim() != 5 or len(shape) != 3:
+        raise ValueError(f"need coefficients (B, C, m1, m2, m3) and a 3-D shape, got {tuple(coefficients.shape)}, {shape}")
+    w = [bspline_basis(n, m, dtype=coefficients.dtype).to(coefficients.device)
+         for n, m in zip(shape, coefficients.shape[2:])]
+    return torch.einsum("bcijk,xi,yj,zk->bcxyz", coefficients, *w)
+
+
+def random_smooth_field(
+    shape: Sequence[int],
+    control_points: int = 5,
+    amplitude: float = 4.0,
+    generator: Optional[torch.Generator] = None,
+    *,
+    batch: int = 1,
+    device=None,
+) -> torch.Tensor:
+    """Random smooth free-form deformation: a ``(batch, 3, *shape)`` voxel flow (fp32).
+
+    Each control point of a ``control_points³`` cubic B-spline grid gets a displacement drawn uniformly
+    from ``[−amplitude, amplitude]`` voxels per axis, so no voxel moves more than ``amplitude``.
+    Random numbers come from ``generator`` (a CPU generator; ``None`` = torch's global one).
+    """
+    if amplitude < 0:
+        raise ValueError(f"amplitude must be ≥ 0 voxels, got {amplitude}")
+    coeffs = torch.rand(batch, 3, control_points, control_points, control_points,
+                        generator=generator, dtype=torch.float64)
+    field = bspline_field((2.0 * coeffs - 1.0) * amplitude, list(shape))
+    return field.to(device=device, dtype=torch.float32)
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(B, 3, 3)`` from angles ``(B, 3)`` (radians) about axes 0, 1, 2, applied in that order."""
+    mats = []
+    for axis in range(3):
+        c, s = torch.cos(angles[:, axis]), torch.sin(angles[:, axis])
+        i, j = [a for a in range(3) if a != axis]
+        m = torch.eye(3, dtype=angles.dtype).repeat(angles.shape[0], 1, 1)
+        m[:, i, i], m[:, i, j], m[:, j, i], m[:, j, j] = c, -s, s, c
+        mats.append(m)
+    return mats[2] @ mats[1] @ mats[0]
+
+
+def random_affine(
+    batch: int,
+    rotation: float = 10.0,
+    scaling: float = 0.1,
+    translation: float = 4.0,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random maps ``x ↦ A x + b`` on grid-centred voxel coordinates: ``(A (B, 3, 3), b (B, 3))``.
+
+    Angles uniform in ±``rotation`` degrees about each axis, per-axis scale factors log-uniform in
+    ``[1/(1 + scaling), 1 + scaling]``, translation uniform in ±``translation`` voxels.
+    """
+    u = torch.rand(batch, 9, generator=generator, dtype=torch.float64) * 2.0 - 1.0
+    angles = u[:, :3] * math.radians(rotation)
+    scales = torch.exp(u[:, 3:6] * math.log1p(scaling))
+    matrix = _rotation(angles) @ torch.diag_embed(scales)
+    return matrix.float(), (u[:, 6:] * translation).float()
+
+
+@dataclass
+class AugmentationSettings:
+    """Strengths of the random augmentation (0 switches a component off)."""
+
+    ffd_amplitude: float = 4.0  # voxels: largest displacement of the free-form deformation
+    ffd_control_points: int = 5  # control points per axis of the B-spline grid
+    rotation: float = 10.0  # degrees about each axis
+    scaling: float = 0.1  # per-axis scale factors within [1/(1+s), 1+s]
+    translation: float = 4.0  # voxels
+    gamma: float = 0.3  # intensity ** exp(U(−g, g))
+    bias_field: float = 0.3  # multiplicative exp(smooth field within ±b)
+    noise: float = 0.02  # Gaussian noise, standard deviation U(0, noise)
+
+    @property
+    def spatial(self) -> bool:
+        return any(v > 0 for v in (self.ffd_amplitude, self.rotation, self.scaling, self.translation))
+
+
+def augment_moving(
+    moving: torch.Tensor,
+    labels: Optional[torch.Tensor],
+    settings: AugmentationSettings,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Deform the moving image ``(B, 1, X, Y, Z)`` (and its integer label map, nearest neighbour).
+
+    The pull-back field is ``u(p) = A(p + f(p)) + b − p`` (centred coordinates): the smooth field f
+    followed by the random affine map, so the image is resampled once.
+    """
+    if not settings.spatial:
+        return moving, labels
+    batch, _, *shape = moving.shape
+    matrix, shift = random_affine(batch, settings.rotation, settings.scaling, settings.translation, generator)
+    ffd = random_smooth_field(shape, settings.ffd_control_points, settings.ffd_amplitude, generator,
+                              batch=batch, device=moving.device)
+    matrix, shift = matrix.to(moving.device), shift.to(moving.device)
+    flow = affine_flow(matrix, shift, shape) + apply_matrix(matrix, ffd)
+    warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
+    return warp(moving, flow), warped_labels
+
+
+def augment_intensity(
+    image: torch.Tensor, settings: AugmentationSettings, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Random gamma, smooth multiplicative bias field and Gaussian noise on images ``(B, 1, X, Y, Z)`` in [0, 1].
+
+    The result is clipped to [0, 1].
+    """
+    batch, channels, *shape = image.shape
+    device = image.device
+    out = image
+    if settings.gamma > 0:
+        gamma = torch.exp((torch.rand(batch, generator=generator) * 2 - 1) * settings.gamma)
+        out = out.clamp_min(0.0).pow(gamma.to(device).view(batch, 1, 1, 1, 1))
+    if settings.bias_field > 0:
+        coeffs = (torch.rand(batch, 1, 3, 3, 3, generator=generator, dtype=torch.float64) * 2 - 1) * settings.bias_field
+        out = out * torch.exp(bspline_field(coeffs, shape)).to(device=device, dtype=out.dtype)
+    if settings.noise > 0:
+        sigma = torch.rand(batch, generator=generator) * settings.noise
+        noise = torch.randn(batch, channels, *shape, generator=generator) * sigma.view(batch, 1, 1, 1, 1)
+        out = out + noise.to(device=device, dtype=out.dtype)
+    return out.clamp(0.0, 1.0)

@@ -1,0 +1,298 @@
+"""Training and validation data: image lists, registration pairs, and a cache of preprocessed volumes.
+
+Image lists come from a folder, a glob pattern, a CSV file or a JSON file; each entry is an image with
+an optional label map and landmark file (``rcreg.io.read_points`` format, LPS mm). Volumes are
+preprocessed exactly as ``rcreg register`` does (``rcreg.preprocessing.preprocess`` with the model
+card's grid and normalisation; label maps by nearest neighbour on the same grid) and cached on disk.
+Tensors are on the network grid, axes in ITK index order (docs/conventions.md).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..checkpoint import atomic_save
+from ..io import InputError, read_points
+from ..preprocessing import preprocess, preprocess_labels
+
+__all__ = [
+    "ImageEntry",
+    "PairEntry",
+    "read_image_list",
+    "read_pair_list",
+    "Volume",
+    "load_volume",
+    "VolumeCache",
+    "Batch",
+    "TrainingPairs",
+]
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
+_PAIR_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_landmarks", "moving_landmarks")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image file with its optional label map and landmark points."""
+
+    image: Path
+    labels: Optional[Path] = None
+    landmarks: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        name = self.image.name
+        for suffix in IMAGE_SUFFIXES:
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    """An explicit (fixed, moving) pair."""
+
+    fixed: ImageEntry
+    moving: ImageEntry
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _existing(value: Optional[str], base: Path, source: Path, column: str) -> Optional[Path]:
+    """Resolve ``value`` relative to ``base``; raise a one-line error naming the list if it is missing."""
+    if value is None or str(value).strip() == "":
+        return None
+    path = Path(str(value).strip()).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise InputError(f"{source}: {column} file not found: {path}")
+    return path
+
+
+def _records(source: Path) -> list[dict]:
+    """Rows of a CSV file (with a header) or entries of a JSON list, as dictionaries."""
+    try:
+        if source.suffix.lower() == ".csv":
+            with open(source, newline="") as fh:
+                rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                        for row in csv.DictReader(line for line in fh if not line.startswith("#"))]
+        else:
+            data = json.loads(source.read_text())
+            if isinstance(data, dict):
+                data = data.get("pairs", data.get("images"))
+            if not isinstance(data, list):
+                raise InputError(f"{source}: expected a JSON list (or an object with 'images' or 'pairs')")
+            rows = [{"image": d} if isinstance(d, str) else d for d in data]
+            if not all(isinstance(r, dict) for r in rows):
+                raise InputError(f"{source}: every JSON entry must be a path or an object")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise InputError(f"{source}: cannot read data list ({str(exc).splitlines()[0]})") from None
+    if not rows:
+        raise InputError(f"{source}: data list is empty")
+    return rows
+
+
+def _sample_entries(spec: str) -> list[ImageEntry]:
+    """Entries ``IMAGE[+LABELS],…`` of the project's sample data (``rcreg.data``), fetched if needed."""
+    from .. import data
+
+    items = [item.split("+") for item in spec.split(",") if item.strip()]
+    if not items or any(len(item) > 2 for item in items):
+        raise InputError(f"sample:{spec}: expected sample:IMAGE[+LABELS],… (names from `rcreg data list`)")
+    paths = data.fetch([name.strip() for item in items for name in item])
+    return [ImageEntry(paths[item[0].strip()], paths[item[1].strip()] if len(item) == 2 else None) for item in items]
+
+
+def read_image_list(source: str | os.PathLike) -> list[ImageEntry]:
+    """Entries of an image list: a folder (every image file in it), a glob pattern, a CSV or JSON list
+    (key ``image``, optional ``labels`` and ``landmarks``; paths relative to the list's folder), one
+    image, or ``sample:NAME[+LABELS],…`` (the project's sample data, see ``rcreg data list``).
+
+    Every named file is checked to exist; errors are one line naming the list and the file.
+    """
+    text = str(source)
+    if text.startswith("sample:"):
+        return _sample_entries(text[len("sample:"):])
+    if any(c in text for c in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+        entries = [ImageEntry(p) for p in paths if _is_image(p)]
+        if not entries:
+            raise InputError(f"no image files match {text}")
+        return entries
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"data list not found: {path}")
+    if path.is_dir():
+        entries = [ImageEntry(p) for p in sorted(path.iterdir()) if _is_image(p)]
+        if not entries:
+            raise InputError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return entries
+    if path.suffix.lower() not in (".csv", ".json"):
+        return [ImageEntry(path)]
+    entries = []
+    for row in _records(path):
+        if not row.get("image"):
+            raise InputError(f"{path}: every entry needs an 'image' (columns: image, labels, landmarks)")
+        entries.append(ImageEntry(*(_existing(row.get(k), path.parent, path, k) for k in ("image", "labels", "landmarks"))))
+    return entries
+
+
+def read_pair_list(source: str | os.PathLike) -> list[PairEntry]:
+    """Explicit pairs from a CSV or JSON list with keys ``fixed``, ``moving`` and optionally
+    ``fixed_labels``, ``moving_labels``, ``fixed_landmarks``, ``moving_landmarks``."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"pair list not found: {path}")
+    if path.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"{path}: a pair list must be a CSV or JSON file with columns fixed, moving")
+    pairs = []
+    for row in _records(path):
+        if not row.get("fixed") or not row.get("moving"):
+            raise InputError(f"{path}: every pair needs 'fixed' and 'moving' (got keys {sorted(row)})")
+        f = {k: _existing(row.get(k), path.parent, path, k) for k in _PAIR_KEYS}
+        pairs.append(PairEntry(ImageEntry(f["fixed"], f["fixed_labels"], f["fixed_landmarks"]),
+                               ImageEntry(f["moving"], f["moving_labels"], f["moving_landmarks"])))
+    return pairs
+
+
+@dataclass
+class Volume:
+    """A preprocessed volume on the network grid.
+
+    image: ``(1, X, Y, Z)`` float32 in [0, 1]; labels: ``(1, X, Y, Z)`` int64 or None; reference: the
+    network grid (an empty SimpleITK image with its geometry); landmarks: ``(N, 3)`` LPS mm or None.
+    """
+
+    name: str
+    image: torch.Tensor
+    reference: sitk.Image
+    labels: Optional[torch.Tensor] = None
+    landmarks: Optional[np.ndarray] = None
+
+
+def _file_key(path: Optional[Path]) -> list:
+    if path is None:
+        return [None]
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _geometry(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+            "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def _reference_from(geometry: dict) -> sitk.Image:
+    grid = sitk.Image([int(n) for n in geometry["size"]], sitk.sitkUInt8)
+    grid.SetSpacing(geometry["spacing"])
+    grid.SetOrigin(geometry["origin"])
+    grid.SetDirection(geometry["direction"])
+    return grid
+
+
+class VolumeCache:
+    """Preprocess volumes once and keep them in ``folder`` as small torch files keyed by content.
+
+    The key covers the image and label files (path, size, modification time), the card's grid and
+    normalisation and the reference grid, so a changed input is preprocessed again. With
+    ``folder=None`` nothing is cached.
+    """
+
+    def __init__(self, folder: Optional[str | os.PathLike], card: dict):
+        self.folder = Path(folder) if folder is not None else None
+        self.card = {"grid": card["grid"], "normalization": card.get("normalization")}
+
+    def _key(self, entry: ImageEntry, reference: Optional[sitk.Image]) -> str:
+        parts = [_file_key(entry.image), _file_key(entry.labels), self.card,
+                 _geometry(reference) if reference is not None else None]
+        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def load(self, entry: ImageEntry, reference: Optional[sitk.Image] = None) -> Volume:
+        """The volume of ``entry`` on ``reference`` (or on its own grid), from the cache or preprocessed now."""
+        path = self.folder / f"{entry.name}-{self._key(entry, reference)}.pt" if self.folder else None
+        if path is not None and path.is_file():
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # an unreadable cache file is simply rebuilt
+                data = None
+        else:
+            data = None
+        if data is None:
+            image, grid = preprocess(entry.image, self.card, reference)
+            labels = preprocess_labels(entry.labels, grid) if entry.labels else None
+            data = {"image": image[0], "labels": labels[0] if labels is not None else None, "geometry": _geometry(grid)}
+            if path is not None:
+                atomic_save(data, path)
+        landmarks = read_points(entry.landmarks) if entry.landmarks else None
+        return Volume(entry.name, data["image"], _reference_from(data["geometry"]), data["labels"], landmarks)
+
+
+def load_volume(entry: ImageEntry, card: dict, cache: str | os.PathLike, reference: Optional[sitk.Image] = None) -> Volume:
+    """Shortcut for ``VolumeCache(cache, card).load(entry, reference)``."""
+    return VolumeCache(cache, card).load(entry, reference)
+
+
+@dataclass
+class Batch:
+    """A batch of pairs on the network grid: images ``(B, 1, X, Y, Z)``, labels ``(B, 1, X, Y, Z)`` int64 or None."""
+
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_labels: Optional[torch.Tensor] = None
+    moving_labels: Optional[torch.Tensor] = None
+
+    def to(self, device) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
+        return Batch(move(self.fixed), move(self.moving), move(self.fixed_labels), move(self.moving_labels))
+
+
+class TrainingPairs:
+    """Random (fixed, moving) pairs of preprocessed volumes.
+
+    ``pairs`` lists index pairs into ``volumes``; pairwise mode uses every ordered pair of distinct
+    images, atlas mode every (atlas, image), paired mode the given pairs.
+    """
+
+    def __init__(self, volumes: Sequence[Volume], pairs: Sequence[tuple[int, int]], with_labels: bool = False):
+        if not pairs:
+            raise InputError("no training pairs: pairwise mode needs at least 2 images")
+        self.volumes = list(volumes)
+        self.pairs = list(pairs)
+        if with_labels:
+            missing = sorted({self.volumes[i].name for p in self.pairs for i in p if self.volumes[i].labels is None})
+            if missing:
+                raise InputError(f"Dice supervision needs label maps; missing for {', '.join(missing[:3])}")
+        self.with_labels = with_labels
+
+    @staticmethod
+    def pairwise(n: int) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(n) for j in range(n) if i != j]
+
+    def label_values(self) -> list[int]:
+        """Sorted non-zero label values present in the training label maps."""
+        values: set[int] = set()
+        for v in self.volumes:
+            if v.labels is not None:
+                values.update(int(x) for x in torch.unique(v.labels) if x != 0)
+        return sorted(values)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """Draw ``batch_size`` pairs uniformly (with replacement) using ``generator``."""
+        index = torch.randint(len(self.pairs), (batch_size,), generator=generator).tolist()
+        chosen = [self.pairs[i] for i in index]
+        stack = lambda k, attr: torch.stack([getattr(self.volumes[p[k]], attr) for p in chosen])  # noqa: E731
+        if self.with_labels:
+            return Batch(stack(0, "image"), stack(1, "image"), stack(0, "labels"), stack(1, "labels"))
+        return Batch(stack(0, "image"), stack(1, "image"))

@@ -1,0 +1,75 @@
+"""Training state that must survive a restart: learning-rate schedule, random-number generators,
+training checkpoints, and the export of a compact inference file.
+
+Everything is stored as tensors and plain Python values so checkpoints load with
+``torch.load(weights_only=True)`` (see rcreg.checkpoint).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..cascade import RecursiveCascadeNetwork
+
+__all__ = ["learning_rate", "step_generator", "capture_rng", "restore_rng", "export_inference"]
+
+
+def learning_rate(step: int, base: float, milestones: Sequence[int], factor: float = 0.5) -> float:
+    """Learning rate of step ``step`` (0-based): ``base · factor^(number of milestones ≤ step)``."""
+    return base * factor ** sum(1 for m in milestones if step >= m)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, rank, step)``, well mixed by NumPy's SeedSequence.
+
+    Drawing each step's pairs and augmentation from it makes a run reproducible from the step alone,
+    for every process of a distributed run.
+    """
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def capture_rng() -> dict:
+    """The global torch (CPU and CUDA), NumPy and Python RNG states as tensors and plain values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Restore what :func:`capture_rng` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def export_inference(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write a compact inference file: the model and card of ``checkpoint`` with fp16 weights, no training state.
+
+    The result loads with :func:`rcreg.checkpoint.model_from_checkpoint` (weights back to fp32).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        model = RecursiveCascadeNetwork(**ckpt["model"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match its architecture: {str(exc).splitlines()[0]}") from None
+    return save_checkpoint(path, model, ckpt.get("card", {}), dtype=torch.float16)

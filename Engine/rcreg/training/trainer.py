@@ -1,0 +1,297 @@
+"""The training loop: unsupervised end-to-end training of a recursive cascade on image lists.
+
+``train(config)`` runs in one process, or in each process started by ``torchrun`` (DistributedData-
+Parallel; only rank 0 writes). Every step draws its pairs and augmentation from a generator seeded by
+(seed, rank, step), so a resumed run repeats exactly what an uninterrupted one would have done.
+
+Output folder: ``last.pt`` (training checkpoint: weights, model card, optimiser, schedule, RNG, step),
+``best.pt`` (best validation score), the fp16 inference export, ``train_log.csv``, ``val_log.csv``,
+``tensorboard/`` and ``cache/`` (preprocessed volumes).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..cascade import RecursiveCascadeNetwork
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..io import InputError
+from ..losses import RegistrationLoss
+from ..spatial import warp
+from . import distributed
+from .augmentation import AugmentationSettings, augment_intensity, augment_moving
+from .config import ConfigError, TrainConfig
+from .datasets import ImageEntry, PairEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
+from .evaluation import score_pair, summarize
+from .logbook import TrainingLog
+from .state import capture_rng, export_inference, learning_rate, restore_rng, step_generator
+
+__all__ = ["TrainResult", "DataSources", "resolve_sources", "model_card", "train", "report"]
+
+
+@dataclass
+class DataSources:
+    """The checked file lists of a run (resolved before any work starts)."""
+
+    train: list  # ImageEntry (pairwise, atlas) or PairEntry (paired)
+    val: list = field(default_factory=list)  # ImageEntry or PairEntry
+    atlas: Optional[ImageEntry] = None
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (paths are None on non-main ranks)."""
+
+    model: RecursiveCascadeNetwork
+    step: int
+    last: Optional[Path] = None
+    best: Optional[Path] = None
+    export: Optional[Path] = None
+    validation: dict = field(default_factory=dict)
+
+
+def resolve_sources(config: TrainConfig) -> DataSources:
+    """Read and check every data list of ``config``: one-line errors for missing files, nothing else done."""
+    pairs = config.mode == "paired"
+    train = read_pair_list(config.train) if pairs else read_image_list(config.train)
+    val = []
+    if config.val:
+        val = read_pair_list(config.val) if pairs else read_image_list(config.val)
+    atlas = None
+    if config.mode == "atlas":
+        entries = read_image_list(config.atlas)
+        if len(entries) != 1:
+            raise InputError(f"atlas must be one image, got {len(entries)} from {config.atlas}")
+        labels = read_image_list(config.atlas_labels)[0].image if config.atlas_labels else entries[0].labels
+        atlas = ImageEntry(entries[0].image, labels, entries[0].landmarks)
+    elif config.mode == "pairwise" and len(train) < 2:
+        raise InputError(f"mode pairwise needs at least 2 training images, {config.train} gives {len(train)}")
+    return DataSources(train, val, atlas)
+
+
+def model_card(config: TrainConfig, step: int, n_train: int, validation: Optional[dict] = None) -> dict:
+    """The model card stored in every checkpoint (see docs/model-card.md)."""
+    return {
+        "name": config.name,
+        "description": config.description,
+        "modality": config.modality,
+        "grid": {"shape": list(config.grid)},
+        "normalization": dict(config.normalization),
+        "cascades": config.cascades,
+        "base": config.base,
+        "width": config.width,
+        "affine": config.affine,
+        "training": {"iterations": step,
+                     "data": {"train": config.train, "val": config.val, "mode": config.mode,
+                              "atlas": config.atlas, "images": n_train},
+                     "config": config.to_dict()},
+        "validation": dict(validation or {}),
+    }
+
+
+def _load_data(config: TrainConfig, sources: DataSources, cache: VolumeCache):
+    """Preprocess (or read from the cache) the training pairs and the validation pairs."""
+    if config.mode == "paired":
+        volumes, pairs = [], []
+        for pair in sources.train:
+            fixed = cache.load(pair.fixed)
+            volumes += [fixed, cache.load(pair.moving, fixed.reference)]
+            pairs.append((len(volumes) - 2, len(volumes) - 1))
+        val = [(f, cache.load(p.moving, f.reference)) for p in sources.val[: config.val_pairs] for f in [cache.load(p.fixed)]]
+    elif config.mode == "atlas":
+        atlas = cache.load(sources.atlas)
+        volumes = [atlas] + [cache.load(e, atlas.reference) for e in sources.train]
+        pairs = [(0, i) for i in range(1, len(volumes))]
+        val = [(atlas, cache.load(e, atlas.reference)) for e in sources.val[: config.val_pairs]]
+    else:
+        volumes = [cache.load(e) for e in sources.train]
+        pairs = TrainingPairs.pairwise(len(volumes))
+        val = []
+        for a, b in list(zip(sources.val, sources.val[1:]))[: config.val_pairs]:  # consecutive images
+            fixed = cache.load(a)
+            val.append((fixed, cache.load(b, fixed.reference)))
+    return TrainingPairs(volumes, pairs, with_labels=config.dice_weight > 0), val
+
+
+def _one_hot(labels: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """``(B, 1, X, Y, Z)`` integer labels → ``(B, L, X, Y, Z)`` float indicator of each value (no background)."""
+    return torch.cat([(labels == v).float() for v in values], dim=1)
+
+
+def _validate(model: RecursiveCascadeNetwork, pairs: list[tuple[Volume, Volume]], device) -> dict:
+    """Mean scores over the validation pairs; ``score`` is Dice when labels exist, else correlation."""
+    was_training = model.training
+    model.eval()
+    rows = [score_pair(model, f, m, device=device, surface_distance=False) for f, m in pairs]
+    model.train(was_training)
+    means = {k: v[0] for k, v in summarize(rows, ["dice", "correlation", "folding_fraction", "sdlogj", "landmark_error"]).items()}
+    use_dice = not math.isnan(means["dice"])
+    means["score"] = means["dice"] if use_dice else means["correlation"]
+    means["metric"] = "dice" if use_dice else "correlation"
+    return means
+
+
+class _Run:
+    """State of one training run in one process."""
+
+    def __init__(self, config: TrainConfig, sources: DataSources, ctx: distributed.Context):
+        self.config, self.sources, self.ctx = config, sources, ctx
+        self.output = Path(config.output)
+        self.last_path = self.output / "last.pt"
+        self.best_path = self.output / "best.pt"
+        self.export_path = Path(config.export) if config.export else self.output / "model_fp16.pt"
+        if ctx.is_main and not config.resume and self.last_path.exists():
+            raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
+        if config.resume and not self.last_path.is_file():
+            raise ConfigError(f"cannot resume: {self.last_path} not found")
+        threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
+        if threads:
+            torch.set_num_threads(threads)
+
+        cache = VolumeCache(Path(config.cache) if config.cache else self.output / "cache", model_card(config, 0, 0))
+        if ctx.is_main:  # rank 0 preprocesses; the others then read the cache
+            self.data, self.val = _load_data(config, sources, cache)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            self.data, self.val = _load_data(config, sources, cache)
+        self.label_values = self.data.label_values() if config.dice_weight > 0 else []
+
+        torch.manual_seed(config.seed)
+        self.model = RecursiveCascadeNetwork(config.base, config.cascades, config.affine, config.width,
+                                             checkpoint=config.checkpointing, amp=config.amp,
+                                             channels_last=config.channels_last).to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.loss = RegistrationLoss(config.similarity, config.reg_weight, config.det_weight,
+                                     config.ortho_weight, config.dice_weight)
+        self.augment = AugmentationSettings(config.ffd_amplitude, config.ffd_control_points, config.rotation,
+                                            config.scaling, config.translation, config.gamma, config.bias_field,
+                                            config.noise)
+        self.step = 0
+        self.best = {"score": -math.inf, "step": None, "metric": None}
+        if config.resume:
+            self._restore()
+        self.net = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+                    if ctx.distributed else self.model)
+        self.log = TrainingLog(self.output, config.tensorboard, self.step if config.resume else None) if ctx.is_main else None
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _card(self, validation: Optional[dict] = None) -> dict:
+        return model_card(self.config, self.step, len(self.data.volumes), validation)
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.last_path)
+        state = ckpt.get("training")
+        if state is None:
+            raise CheckpointError(f"{self.last_path} holds no training state (an inference file cannot be resumed)")
+        if ckpt["model"] != self.model.config:
+            raise CheckpointError(f"{self.last_path} is a {ckpt['model']} model but the config asks for {self.model.config}")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.best = dict(state["best"])
+        restore_rng(state["rng"])
+
+    def _save(self) -> None:
+        training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "schedule": {"lr": self.config.lr, "lr_steps": list(self.config.lr_steps),
+                                 "lr_factor": self.config.lr_factor},
+                    "rng": capture_rng(), "best": dict(self.best)}
+        save_checkpoint(self.last_path, self.model, self._card(self._best_card()), training=training)
+
+    def _best_card(self) -> dict:
+        if self.best["step"] is None:
+            return {}
+        return {"metric": self.best["metric"], "value": self.best["score"], "step": self.best["step"], "pairs": len(self.val)}
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _train_step(self) -> tuple[dict, tuple]:
+        config, device = self.config, self.ctx.device
+        gen = step_generator(config.seed, self.ctx.rank, self.step)
+        batch = self.data.sample(config.batch_size, gen).to(device)
+        moving, moving_labels = augment_moving(batch.moving, batch.moving_labels, self.augment, gen)
+        fixed = augment_intensity(batch.fixed, self.augment, gen)
+        moving = augment_intensity(moving, self.augment, gen)
+        lr = learning_rate(self.step, config.lr, config.lr_steps, config.lr_factor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.net(fixed, moving)
+        warped_labels = fixed_labels = None
+        if config.dice_weight > 0:
+            warped_labels = warp(_one_hot(moving_labels, self.label_values), out.flow)
+            fixed_labels = _one_hot(batch.fixed_labels, self.label_values)
+        total, terms = self.loss(out, fixed, warped_labels, fixed_labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        terms["lr"] = lr
+        return terms, (fixed[0, 0], moving[0, 0], out.warped[0, 0].detach())
+
+    def _validate(self) -> None:
+        scores = _validate(self.model, self.val, self.ctx.device)
+        self.log.scalars("val", self.step, {k: v for k, v in scores.items() if k != "metric"})
+        if scores["score"] > self.best["score"]:
+            self.best = {"score": scores["score"], "step": self.step, "metric": scores["metric"]}
+            save_checkpoint(self.best_path, self.model, self._card(self._best_card()))
+
+    def run(self) -> TrainResult:
+        config, main = self.config, self.ctx.is_main
+        bar = tqdm(total=config.iterations, initial=self.step, disable=not (main and config.progress),
+                   desc="training", unit="it", dynamic_ncols=True)
+        self.model.train()
+        while self.step < config.iterations:
+            terms, slices = self._train_step()
+            bar.update(1)
+            if not main:
+                continue
+            final = self.step == config.iterations
+            if self.step % config.log_every == 0 or final:
+                self.log.scalars("train", self.step, terms)
+                bar.set_postfix(loss=f"{terms['total']:.4f}")
+            if self.step % config.image_every == 0 or final:
+                self.log.images(self.step, fixed=slices[0], moving=slices[1], warped=slices[2])
+            if self.val and (self.step % config.val_every == 0 or final):
+                self._validate()
+            if self.step % config.save_every == 0 or final:
+                self._save()
+        bar.close()
+        result = TrainResult(self.model, self.step)
+        if main:
+            source = self.best_path if self.best_path.is_file() else self.last_path
+            result = TrainResult(self.model, self.step, self.last_path,
+                                 self.best_path if self.best_path.is_file() else None,
+                                 export_inference(source, self.export_path), self._best_card())
+            self.log.close()
+        distributed.barrier(self.ctx)
+        return result
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a recursive cascade as ``config`` says; in a ``torchrun`` process, as one rank of DDP.
+
+    Data lists are checked before anything else happens (one-line :class:`~rcreg.io.InputError`).
+    """
+    config.check()
+    sources = resolve_sources(config)
+    ctx = distributed.setup(config.device)
+    try:
+        return _Run(config, sources, ctx).run()
+    finally:
+        distributed.shutdown(ctx)
+
+
+def report(result: TrainResult, stream=sys.stdout) -> None:
+    """Print where the run's files went."""
+    print(f"trained {result.step} steps", file=stream)
+    print(f"training checkpoint: {result.last}", file=stream)
+    if result.best is not None:
+        print(f"best checkpoint:     {result.best} ({result.validation.get('metric')} "
+              f"{result.validation.get('value'):.4f} at step {result.validation.get('step')})", file=stream)
+    print(f"inference model:     {result.export}  (rcreg register --model {result.export})", file=stream)
