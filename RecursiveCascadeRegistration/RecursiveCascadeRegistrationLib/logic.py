@@ -1,0 +1,222 @@
+"""GUI-free registration logic on MRML nodes: the module panel and the Python console both call it.
+
+``RecursiveCascadeRegistrationLogic().registerVolumes(fixed, moving, ...)`` converts the nodes to
+SimpleITK images, runs ``rcreg.register`` and turns its result back into Slicer nodes: a grid transform
+(RAS, "from parent" = resampling direction; docs/conventions.md), the warped volume on the fixed grid
+and, when a moving segmentation is given, that segmentation warped onto the fixed grid.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import display
+from .engine import importEngine
+from .nodes import (
+    gridTransformFromDisplacement,
+    segmentationToLabelImage,
+    updateSegmentationFromLabelImage,
+    updateVolumeNodeFromImage,
+    volumeNodeToImage,
+)
+
+__all__ = ["RecursiveCascadeRegistrationLogic", "RegistrationCancelled", "metricsTable"]
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class RegistrationCancelled(RuntimeError):
+    """Raised by a progress callback to stop a run; the nodes created by the run are removed."""
+
+
+def _segmentIds(segmentationNode) -> list[str]:
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def _segmentName(segmentationNode, segmentId: str) -> str:
+    return segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+
+
+def _matchSegments(movingSegmentation, fixedSegmentation) -> list[tuple[str, Optional[str]]]:
+    """``(movingSegmentId, fixedSegmentId or None)`` for every moving segment, matched by segment name."""
+    fixedByName = {_segmentName(fixedSegmentation, sid): sid for sid in _segmentIds(fixedSegmentation)}
+    return [(sid, fixedByName.get(_segmentName(movingSegmentation, sid))) for sid in _segmentIds(movingSegmentation)]
+
+
+class RecursiveCascadeRegistrationLogic:
+    """Deformable registration of two volume nodes with a recursive cascaded network.
+
+    After :meth:`registerVolumes`, ``outputVolumeNode``, ``outputTransformNode`` and
+    ``outputSegmentationNode`` hold the nodes that received the results (given or created).
+    """
+
+    def __init__(self):
+        self.outputVolumeNode = None
+        self.outputTransformNode = None
+        self.outputSegmentationNode = None
+
+    def registerVolumes(
+        self,
+        fixedVolumeNode,
+        movingVolumeNode,
+        *,
+        model: Any = None,
+        cascades: Optional[int] = None,
+        repeat: int = 1,
+        device: str = "auto",
+        outputVolumeNode=None,
+        outputTransformNode=None,
+        movingSegmentationNode=None,
+        fixedSegmentationNode=None,
+        outputSegmentationNode=None,
+        progressCallback: Optional[ProgressCallback] = None,
+    ) -> dict:
+        """Register ``movingVolumeNode`` to ``fixedVolumeNode`` and return the run's metrics.
+
+        model: ``None`` (default bundled model), a bundled model name, a checkpoint path, a
+        ``RecursiveCascadeNetwork`` or a predictor callable (see ``rcreg.models.resolve_model``);
+        cascades/repeat/device: passed to ``rcreg.register``. Output nodes are created when not given.
+        ``progressCallback(fraction, message)`` is called as the run advances; raising
+        :class:`RegistrationCancelled` from it stops the run.
+
+        Returns the engine's metrics (``rcreg.register``): ``folding_fraction`` (share of fixed-grid
+        voxels with det J ≤ 0), correlations, timings, ...; when both segmentations are given, also
+        ``dice``, ``dice_before`` and ``hd95_mm`` keyed by segment name (segments matched by name)
+        and their ``*_mean``.
+        """
+        if fixedVolumeNode is None or movingVolumeNode is None:
+            raise ValueError("select both a fixed and a moving volume")
+        if fixedSegmentationNode is not None and movingSegmentationNode is None:
+            raise ValueError("a fixed segmentation needs a moving segmentation to compare with")
+        report = progressCallback or (lambda fraction, message: None)
+        scene = fixedVolumeNode.GetScene()
+        created = []
+
+        def newNode(className: str, name: str):
+            node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
+            created.append(node)
+            return node
+
+        try:
+            report(0.0, "Converting volumes")
+            fixed = volumeNodeToImage(fixedVolumeNode)
+            moving = volumeNodeToImage(movingVolumeNode)
+            pairs, movingLabels, fixedLabels = [], None, None
+            if movingSegmentationNode is not None:
+                if fixedSegmentationNode is not None:
+                    pairs = _matchSegments(movingSegmentationNode, fixedSegmentationNode)
+                else:
+                    pairs = [(sid, None) for sid in _segmentIds(movingSegmentationNode)]
+                if not pairs:
+                    raise ValueError(f"segmentation '{movingSegmentationNode.GetName()}' has no segments")
+                movingLabels = segmentationToLabelImage(
+                    movingSegmentationNode, [movingId for movingId, _ in pairs], movingVolumeNode)
+                if fixedSegmentationNode is not None:
+                    matched = [(n + 1, fixedId) for n, (_, fixedId) in enumerate(pairs) if fixedId is not None]
+                    if not matched:
+                        raise ValueError(f"no segment name of '{movingSegmentationNode.GetName()}' occurs in "
+                                         f"'{fixedSegmentationNode.GetName()}'")
+                    fixedLabels = self._fixedLabelImage(fixedSegmentationNode, matched, fixedVolumeNode)
+
+            rcreg = importEngine()
+            report(0.05, "Registering")
+            result = rcreg.register(
+                moving, fixed, model=model, cascades=cascades, repeat=repeat, device=device,
+                moving_labels=movingLabels, fixed_labels=fixedLabels,
+                progress=lambda fraction, message: report(0.05 + 0.85 * fraction, message),
+            )
+
+            report(0.9, "Creating the output nodes")
+            if outputTransformNode is None:
+                outputTransformNode = newNode("vtkMRMLGridTransformNode", f"{movingVolumeNode.GetName()} to "
+                                                                           f"{fixedVolumeNode.GetName()}")
+            outputTransformNode.SetAndObserveTransformFromParent(gridTransformFromDisplacement(result.displacement))
+            display.showDeformationGrid(outputTransformNode, fixedVolumeNode)
+
+            if outputVolumeNode is None:
+                outputVolumeNode = newNode("vtkMRMLScalarVolumeNode", f"{movingVolumeNode.GetName()} registered")
+            updateVolumeNodeFromImage(outputVolumeNode, result.warped)
+            outputVolumeNode.CreateDefaultDisplayNodes()
+
+            if movingSegmentationNode is not None:
+                outputSegmentationNode = self._warpedSegmentation(
+                    movingSegmentationNode, [movingId for movingId, _ in pairs], result.warped_labels,
+                    fixedVolumeNode, outputSegmentationNode, newNode)
+
+            metrics = self._metrics(result.metrics, movingSegmentationNode, pairs)
+        except BaseException:
+            for node in created:
+                scene.RemoveNode(node)
+            raise
+        self.outputVolumeNode = outputVolumeNode
+        self.outputTransformNode = outputTransformNode
+        self.outputSegmentationNode = outputSegmentationNode
+        report(1.0, "Done")
+        return metrics
+
+    @staticmethod
+    def _fixedLabelImage(fixedSegmentationNode, matched: list[tuple[int, str]], fixedVolumeNode):
+        """Fixed label image whose label values follow the moving segments' order (unmatched: absent)."""
+        exported = segmentationToLabelImage(fixedSegmentationNode, [fixedId for _, fixedId in matched], fixedVolumeNode)
+        lookup = np.zeros(len(matched) + 1, dtype=np.uint16)
+        lookup[1:] = [label for label, _ in matched]
+        relabelled = sitk.GetImageFromArray(lookup[sitk.GetArrayFromImage(exported)])
+        relabelled.CopyInformation(exported)
+        return relabelled
+
+    @staticmethod
+    def _warpedSegmentation(movingSegmentationNode, movingIds, warpedLabels, fixedVolumeNode,
+                            outputSegmentationNode, newNode):
+        """Fill a segmentation (created if needed) with the warped labels, copying names and colours."""
+        if outputSegmentationNode is None:
+            outputSegmentationNode = newNode("vtkMRMLSegmentationNode",
+                                             f"{movingSegmentationNode.GetName()} registered")
+        outputSegmentationNode.CreateDefaultDisplayNodes()
+        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(fixedVolumeNode)
+        segmentation = outputSegmentationNode.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        source = movingSegmentationNode.GetSegmentation()
+        outputIds = [segmentation.AddEmptySegment("", source.GetSegment(sid).GetName(), source.GetSegment(sid).GetColor())
+                     for sid in movingIds]
+        updateSegmentationFromLabelImage(outputSegmentationNode, warpedLabels, outputIds)
+        return outputSegmentationNode
+
+    @staticmethod
+    def _metrics(engineMetrics: dict, movingSegmentationNode, pairs) -> dict:
+        """The engine's metrics with per-label entries keyed by segment name, matched segments only.
+
+        The engine scores every label present in either label map; moving segments without a fixed
+        counterpart are dropped here and the means recomputed over the matched ones.
+        """
+        metrics = dict(engineMetrics)
+        if "dice" not in metrics:
+            return metrics
+        names = {str(n + 1): _segmentName(movingSegmentationNode, movingId)
+                 for n, (movingId, fixedId) in enumerate(pairs) if fixedId is not None}
+        for key, meanKey in (("dice", "dice_mean"), ("dice_before", "dice_mean_before"), ("hd95_mm", "hd95_mm_mean")):
+            if key in metrics:
+                metrics[key] = {names[label]: float(value) for label, value in metrics[key].items() if label in names}
+                values = [v for v in metrics[key].values() if not np.isnan(v)]
+                metrics[meanKey] = float(np.mean(values)) if values else float("nan")
+        return metrics
+
+
+def metricsTable(metrics: dict) -> list[tuple[str, str]]:
+    """Rows ``(quantity, value)`` summarising :meth:`RecursiveCascadeRegistrationLogic.registerVolumes`' metrics."""
+    rows = []
+    if "folding_fraction" in metrics:
+        rows.append(("Folded voxels (det J ≤ 0)", f"{100 * metrics['folding_fraction']:.3f} %"))
+    if "correlation_after" in metrics:
+        rows.append(("Correlation before → after",
+                     f"{metrics.get('correlation_before', float('nan')):.3f} → {metrics['correlation_after']:.3f}"))
+    before = metrics.get("dice_before", {})
+    for name, value in metrics.get("dice", {}).items():
+        rows.append((f"Dice {name}", f"{before.get(name, float('nan')):.3f} → {value:.3f}"))
+    for name, value in metrics.get("hd95_mm", {}).items():
+        rows.append((f"HD95 {name}", f"{value:.2f} mm"))
+    if "timings_s" in metrics:
+        rows.append(("Run time", f"{sum(metrics['timings_s'].values()):.1f} s"))
+    return rows
