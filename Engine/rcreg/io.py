@@ -44,6 +44,9 @@ class InputError(ValueError):
 def _from_nibabel(img: Any, name: str) -> sitk.Image:
     """Convert a nibabel spatial image (array in i, j, k order, RAS affine) to a SimpleITK image."""
     data = np.asanyarray(img.dataobj)
+    if data.dtype == bool or data.dtype == np.float16:
+        data = data.astype(np.uint8 if data.dtype == bool else np.float32)
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)  # e.g. big-endian MGH data
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -96,14 +99,13 @@ def _read_any(path: Path) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         itk_error = _first_line(exc)
-    try:
-        import nibabel
+    import nibabel
 
-        return _from_nibabel(nibabel.load(str(path)), str(path))
-    except InputError:
-        raise
-    except Exception:
+    try:
+        loaded = nibabel.load(str(path))
+    except Exception:  # nibabel raises many types for files it does not know
         raise InputError(f"{path}: cannot read image ({itk_error})") from None
+    return _from_nibabel(loaded, str(path))
 
 
 def check_image(image: sitk.Image, name: str) -> sitk.Image:

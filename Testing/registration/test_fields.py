@@ -1,0 +1,107 @@
+"""Network flow → physical displacement field, checked against ITK's own displacement-field transform."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_image, rotation, voxel_centres
+from rcreg.fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
+from rcreg.preprocessing import network_grid
+
+
+def smooth_flow(shape, amplitude: float = 2.0) -> torch.Tensor:
+    """A smooth random flow ``(1, 3, X, Y, Z)`` in voxels (sum of low-frequency sines)."""
+    gen = torch.Generator().manual_seed(1)
+    axes = torch.meshgrid(*[torch.linspace(0, 1, n, dtype=torch.float64) for n in shape], indexing="ij")
+    flow = torch.zeros(1, 3, *shape, dtype=torch.float64)
+    for c in range(3):
+        phase, freq = torch.rand(3, generator=gen) * 6, 1 + torch.rand(3, generator=gen) * 2
+        flow[0, c] = amplitude * torch.sin(freq[0] * axes[0] + phase[0]) * torch.cos(freq[1] * axes[1] + phase[1]) \
+            * torch.sin(freq[2] * axes[2] + phase[2])
+    return flow.float()
+
+
+@pytest.mark.parametrize("mask_box", [False, True])
+def test_field_matches_itk_transform_on_network_grid(mask_box):
+    fixed = make_image([29, 23, 11], [1.1, 0.8, 2.7], rotation(0.4, 0.1, -0.6), [5.0, -12.0, 30.0],
+                       lambda p: p[..., 0])
+    mask = None
+    if mask_box:  # grid over a sub-box: fixed voxels outside it take the border flow
+        mask = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(fixed)
+        mask[5:20, 3:15, 2:9] = 1
+    grid = network_grid(fixed, (20, 16, 12), mask)
+    flow = smooth_flow(grid.GetSize())
+    field = flow_to_displacement(flow, grid, fixed, chunk=4)
+    assert field.GetPixelID() == sitk.sitkVectorFloat64
+    assert field.GetSize() == fixed.GetSize() and field.GetOrigin() == fixed.GetOrigin()
+
+    # Reference: ITK's transform over the same flow expressed in mm on the network grid itself.
+    matrix = np.asarray(grid.GetDirection()).reshape(3, 3) * grid.GetSpacing()[0]
+    mm = np.einsum("cd,dijk->kjic", matrix, flow[0].double().numpy())
+    coarse = sitk.GetImageFromArray(mm, isVector=True)
+    coarse.CopyInformation(grid)
+    reference = sitk.DisplacementFieldTransform(coarse)
+    points = voxel_centres(fixed).reshape(-1, 3)
+    ours = sitk.GetArrayFromImage(field).reshape(-1, 3)
+    inside = np.array([all(0 <= q <= n - 1 for q, n in zip(grid.TransformPhysicalPointToContinuousIndex(p), grid.GetSize()))
+                       for p in points])
+    assert inside.sum() > 500
+    expected = np.array([reference.TransformPoint(p) for p in points[inside]]) - points[inside]
+    np.testing.assert_allclose(ours[inside], expected, atol=1e-9)
+    if mask_box:
+        assert (~inside).sum() > 500  # and outside the grid the flow is clamped at its border
+        clamp = np.array([np.clip(grid.TransformPhysicalPointToContinuousIndex(p), 0, np.subtract(grid.GetSize(), 1))
+                          for p in points[~inside][:50]])
+        border = np.array([grid.TransformContinuousIndexToPhysicalPoint(q) for q in clamp])
+        expected_out = np.array([reference.TransformPoint(b) for b in border]) - border
+        np.testing.assert_allclose(ours[~inside][:50], expected_out, atol=1e-9)
+
+
+def test_target_point_formula_on_a_fixed_voxel():
+    fixed = make_image([9, 8, 7], [1.5, 0.7, 2.0], rotation(0.2, 0.3, 0.1), [1.0, 2.0, 3.0], lambda p: p[..., 1])
+    grid = network_grid(fixed, (10, 10, 10))
+    flow = smooth_flow(grid.GetSize(), amplitude=1.5)
+    field = flow_to_displacement(flow, grid, fixed)
+    index = (4, 6, 2)
+    p = np.asarray(fixed.TransformIndexToPhysicalPoint(index))
+    q = np.asarray(grid.TransformPhysicalPointToContinuousIndex(p.tolist()))
+    lo = np.floor(q).astype(int)
+    w = q - lo
+    f = flow[0].double().numpy()
+    sample = sum(
+        f[:, lo[0] + a, lo[1] + b, lo[2] + c] * (w[0] if a else 1 - w[0]) * (w[1] if b else 1 - w[1]) * (w[2] if c else 1 - w[2])
+        for a in (0, 1) for b in (0, 1) for c in (0, 1)
+    )
+    target = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((q + sample).tolist()))
+    np.testing.assert_allclose(field[index], target - p, atol=1e-9)
+
+
+def test_grid_with_other_axes_is_refused():
+    fixed = make_image([8, 8, 8], [1, 1, 1], np.eye(3), [0, 0, 0], lambda p: p[..., 0])
+    grid = network_grid(fixed, (8, 8, 8))
+    grid.SetDirection(rotation(0.3, 0, 0).ravel().tolist())
+    with pytest.raises(ValueError, match="direction"):
+        flow_to_displacement(torch.zeros(1, 3, 8, 8, 8), grid, fixed)
+
+
+def test_jacobian_of_affine_physical_field_is_det_a():
+    fixed = make_image([40, 12, 10], [0.9, 1.7, 2.2], rotation(0.5, -0.3, 0.2), [0, 0, 0], lambda p: p[..., 0])
+    a = np.array([[1.1, 0.05, 0.0], [-0.02, 0.95, 0.1], [0.03, 0.0, 1.2]])
+    points = voxel_centres(fixed)
+    field = sitk.GetImageFromArray(points @ (a - np.eye(3)).T + np.array([1.0, -2.0, 0.5]), isVector=True)
+    field.CopyInformation(fixed)
+    detj = field_jacobian_determinant(field, slab=16)
+    assert detj.shape == (40, 12, 10)
+    np.testing.assert_allclose(detj, np.linalg.det(a), rtol=1e-4)
+
+
+def test_displacement_transform_does_not_consume_the_field():
+    fixed = make_image([5, 5, 5], [1, 1, 1], np.eye(3), [0, 0, 0], lambda p: p[..., 0])
+    field = sitk.GetImageFromArray(np.ones((5, 5, 5, 3)), isVector=True)
+    field.CopyInformation(fixed)
+    transform = displacement_transform(field)
+    assert field.GetSize() == (5, 5, 5)
+    np.testing.assert_allclose(transform.TransformPoint((2.0, 2.0, 2.0)), (3.0, 3.0, 3.0))

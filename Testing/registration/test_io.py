@@ -1,0 +1,125 @@
+"""Reading images in every supported form keeps geometry; label maps, points and atomic writes."""
+from __future__ import annotations
+
+import nibabel
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, rotation
+from rcreg.io import InputError, read_image, read_label_map, read_points, read_transform, write_image, write_points
+
+DIRECTION = rotation(0.2, -0.4, 0.7)
+
+
+@pytest.fixture
+def image():
+    return make_image([12, 10, 7], [0.9, 1.2, 2.5], DIRECTION, [-3.0, 4.5, 10.0],
+                      lambda p: 100 + p[..., 0] + 2 * p[..., 1] - p[..., 2])
+
+
+def assert_same(a: sitk.Image, b: sitk.Image, atol: float = 1e-5) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b), atol=atol)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".nii"])
+def test_read_formats(image, tmp_path, suffix):
+    path = tmp_path / f"image{suffix}"
+    sitk.WriteImage(image, str(path))
+    assert_same(read_image(path), image)
+
+
+def test_nibabel_image_matches_itk_reading(image, tmp_path):
+    """nibabel's RAS affine, converted by rcreg, gives ITK's own LPS geometry for the same file."""
+    sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
+    converted = read_image(nibabel.load(str(tmp_path / "image.nii.gz")))
+    assert_same(converted, sitk.ReadImage(str(tmp_path / "image.nii.gz")))
+
+
+def test_nibabel_only_format(tmp_path):
+    """A FreeSurfer .mgz (written by nibabel) is read with the geometry nibabel reports."""
+    data = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    affine = np.array([[0, 0, 2.0, -10], [-1.5, 0, 0, 20], [0, 1.0, 0, 5], [0, 0, 0, 1]])
+    nibabel.save(nibabel.MGHImage(data, affine), str(tmp_path / "image.mgz"))
+    image = read_image(tmp_path / "image.mgz")
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image).transpose(2, 1, 0), data)
+    for index in [(0, 0, 0), (5, 4, 3), (2, 1, 3)]:
+        ras = affine @ np.array([*index, 1.0])
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index), ras[:3] * [-1, -1, 1], atol=1e-4)
+
+
+def write_dicom_series(image: sitk.Image, folder) -> None:
+    """Write ``image`` (int16) as one DICOM file per slice with the geometry tags a reader needs."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    series_tags = {"0020|000e": "1.2.826.0.1.3680043.2.1125.1.7", "0020|000d": "1.2.826.0.1.3680043.2.1125.1.8",
+                   "0008|0060": "CT", "0020|0037": "\\".join(f"{v:.8f}" for v in direction[0:9:3] + direction[1:9:3]),
+                   "0018|0050": f"{image.GetSpacing()[2]}"}
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        for tag, value in series_tags.items():
+            plane.SetMetaData(tag, value)
+        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        plane.SetMetaData("0020|0013", str(k + 1))
+        plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.9.{k + 1}")
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+def test_dicom_series_folder(image, tmp_path):
+    ct = sitk.Cast(image, sitk.sitkInt16)
+    write_dicom_series(ct, tmp_path / "dicom")
+    read = read_image(tmp_path / "dicom")
+    assert_same(read, ct, atol=0.5)
+    assert read.GetMetaData("0008|0060") == "CT"
+
+
+def test_label_map_on_grid_and_integer_floats(image):
+    labels = sitk.Cast(image > 105, sitk.sitkFloat32) * 3.0
+    read = read_label_map(labels, image)
+    assert read.GetPixelID() == sitk.sitkUInt32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(labels).astype(np.uint32))
+    shifted = sitk.Image(labels)
+    shifted.SetOrigin(np.add(image.GetOrigin(), [0.5, 0, 0]).tolist())
+    with pytest.raises(InputError, match="not on its image's grid"):
+        read_label_map(shifted, image)
+    tiny = sitk.Image(labels)
+    tiny.SetOrigin(np.add(image.GetOrigin(), [1e-5, 0, 0]).tolist())  # within tolerance: snapped to the image
+    assert read_label_map(tiny, image).GetOrigin() == image.GetOrigin()
+
+
+def test_points_lps_ras_and_slicer_fcsv(tmp_path):
+    points = np.array([[1.5, -2.0, 3.25], [0.0, 10.0, -4.0]])
+    write_points(points, tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "x,y,z"
+    np.testing.assert_array_equal(read_points(tmp_path / "p.csv"), points)
+    (tmp_path / "ras.csv").write_text("label,r,a,s\nA,1.5,-2,3.25\nB,0,10,-4\n")
+    np.testing.assert_array_equal(read_points(tmp_path / "ras.csv"), points * [-1, -1, 1])
+    (tmp_path / "p.fcsv").write_text("# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n"
+                                     "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                                     "vtkMRMLMarkupsFiducialNode_0,1.5,-2,3.25,0,0,0,1,1,1,0,F-1,,\n")
+    np.testing.assert_array_equal(read_points(tmp_path / "p.fcsv"), points[:1] * [-1, -1, 1])
+
+
+def test_write_image_is_atomic(image, tmp_path):
+    write_image(image, tmp_path / "ok.nii.gz")
+    assert_same(sitk.ReadImage(str(tmp_path / "ok.nii.gz")), image)
+    with pytest.raises(OSError, match="bad.unknownformat"):
+        write_image(image, tmp_path / "bad.unknownformat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.nii.gz"]
+
+
+def test_read_transform_from_displacement_image(tmp_path):
+    field = sitk.GetImageFromArray(np.tile(np.array([1.0, -2.0, 0.5], np.float32), (4, 5, 6, 1)), isVector=True)
+    sitk.WriteImage(field, str(tmp_path / "field.nii.gz"))
+    transform = read_transform(tmp_path / "field.nii.gz")
+    np.testing.assert_allclose(transform.TransformPoint((1.0, 1.0, 1.0)), (2.0, -1.0, 1.5))
+    with pytest.raises(InputError, match="not a 3D displacement field"):
+        sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkFloat32), str(tmp_path / "scalar.nii.gz"))
+        read_transform(tmp_path / "scalar.nii.gz")

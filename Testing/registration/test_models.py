@@ -1,0 +1,86 @@
+"""Model resolution: installed models, checkpoint files, networks, predictors; cascades and repeats."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rcreg.models as models
+from rcreg import RecursiveCascadeNetwork, save_checkpoint
+from rcreg.checkpoint import CheckpointError
+from rcreg.cli import main
+from rcreg.models import DEFAULT_CARD, list_models, resolve_model, select_device
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """A models folder with a CT and an MR model."""
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    for name, modality in (("ct-small", "CT"), ("mr-small", "MR")):
+        card = {"modality": modality, "grid": {"shape": [16, 16, 16]}, "description": f"{modality} test model"}
+        save_checkpoint(tmp_path / f"{name}.pt", RecursiveCascadeNetwork("vtn", n_cascades=1, width=0.125), card)
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    return tmp_path
+
+
+def test_list_and_choose_installed_models(installed, capsys):
+    listed = dict(list_models())
+    assert sorted(listed) == ["ct-small", "mr-small"]  # the unreadable file is skipped
+    assert listed["ct-small"]["normalization"] == DEFAULT_CARD["normalization"]  # completed from the default
+    assert resolve_model(None, modality="MR").name == "mr-small"
+    assert resolve_model("ct-small").card["modality"] == "CT"
+    with pytest.raises(ValueError, match="several models"):
+        resolve_model(None)
+    assert main(["models"]) == 0
+    assert "mr-small:" in capsys.readouterr().out
+
+
+def test_no_model_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="no registration model is installed"):
+        resolve_model(None)
+    with pytest.raises(CheckpointError, match="unknown model 'nope'"):
+        resolve_model("nope")
+
+
+def test_checkpoint_network_and_predictor(tmp_path):
+    net = RecursiveCascadeNetwork("voxelmorph", n_cascades=2, affine=False, width=0.25)
+    save_checkpoint(tmp_path / "vm.pt", net, {"grid": {"shape": [8, 8, 8]}})
+    from_file = resolve_model(tmp_path / "vm.pt")
+    assert from_file.name == "vm" and from_file.card["grid"]["shape"] == [8, 8, 8]
+    fixed, moving = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    torch.testing.assert_close(from_file.predict(fixed, moving), net.eval()(fixed, moving).flow)
+    assert resolve_model(net).card == {**DEFAULT_CARD, "name": "network"}
+
+    def shift(f, m):
+        return torch.ones(1, 3, *f.shape[2:])
+
+    predictor = resolve_model(shift)
+    assert predictor.name == "shift"
+    assert torch.equal(predictor.predict(fixed, moving), torch.ones(1, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match="plain predictor"):
+        predictor.predict(fixed, moving, repeat=2)
+    with pytest.raises(ValueError, match="returned a flow of shape"):
+        resolve_model(lambda f, m: torch.zeros(1, 3, 4, 4, 4)).predict(fixed, moving)
+
+
+def test_cascades_and_repeat_select_stages():
+    net = RecursiveCascadeNetwork("vtn", n_cascades=3, width=0.125).eval()
+    model = resolve_model(net)
+    fixed, moving = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        full = net(fixed, moving)
+        counted = []
+        one = model.predict(fixed, moving, cascades=1, repeat=2, callback=lambda d, t: counted.append((d, t)))
+    assert counted[-1] == (3, 3)  # affine + 1 cascade × 2 repeats
+    torch.testing.assert_close(model.predict(fixed, moving), full.flow)
+    assert not torch.allclose(one, full.flow, atol=1e-4)
+    with pytest.raises(ValueError, match="--cascades must be 0…3"):
+        model.predict(fixed, moving, cascades=4)
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            select_device("cuda")

@@ -1,0 +1,188 @@
+"""End-to-end registration in physical space, checked against SimpleITK, antspyx and analytic fields."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import ball, make_image, voxel_centres
+from rcreg import RecursiveCascadeNetwork, register, save_checkpoint
+from rcreg.cli import main
+from rcreg.io import read_points, write_points
+from rcreg.preprocessing import network_grid
+
+CARD = {"grid": {"shape": [24, 24, 24]}, "normalization": {"type": "percentile", "low": 1, "high": 99}}
+
+
+def translation_predictor(fixed: sitk.Image, shift_mm: np.ndarray):
+    """A predictor returning the constant network flow of a physical translation by ``shift_mm``."""
+    grid = network_grid(fixed, CARD["grid"]["shape"])
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
+    voxels = direction.T @ shift_mm / grid.GetSpacing()[0]
+
+    def predict(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        assert f.shape == m.shape == (1, 1, *CARD["grid"]["shape"])
+        return torch.tensor(voxels, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *f.shape[2:]).clone()
+
+    predict.card = CARD
+    return predict
+
+
+def centroid(image: sitk.Image) -> np.ndarray:
+    """Intensity-weighted centroid (LPS mm)."""
+    weights = sitk.GetArrayFromImage(image).astype(float)[..., None]
+    return (voxel_centres(image) * weights).sum((0, 1, 2)) / weights.sum()
+
+
+@pytest.fixture
+def saved(oblique_pair, tmp_path):
+    """Register the oblique pair with the analytic translation predictor and save the outputs."""
+    fixed, moving, shift = oblique_pair
+    labels_f = make_image(fixed.GetSize(), fixed.GetSpacing(), np.reshape(fixed.GetDirection(), (3, 3)),
+                          fixed.GetOrigin(), lambda p: ball(p, (0, 0, 0), 7.0), np.uint8)
+    labels_m = make_image(moving.GetSize(), moving.GetSpacing(), np.reshape(moving.GetDirection(), (3, 3)),
+                          moving.GetOrigin(), lambda p: ball(p, shift, 7.0), np.uint8)
+    points_f = np.array([[0.0, 0.0, 0.0], [5.0, -3.0, 2.0], [-7.5, 4.0, -1.0]])
+    result = register(moving, fixed, model=translation_predictor(fixed, shift), moving_labels=labels_m,
+                      fixed_labels=labels_f, fixed_points=points_f, moving_points=points_f + shift)
+    out = result.save(tmp_path / "out")
+    return fixed, moving, shift, labels_m, labels_f, result, out
+
+
+def test_saved_files_and_geometry(saved):
+    fixed, _, _, _, _, result, out = saved
+    names = {p.name for p in out.iterdir()}
+    assert names == {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "warped_labels.nii.gz",
+                     "mapped_points.csv", "metrics.json", "figure.png"}
+    for name in ("warped.nii.gz", "displacement.nii.gz", "warped_labels.nii.gz"):
+        image = sitk.ReadImage(str(out / name))
+        assert image.GetSize() == fixed.GetSize()
+        np.testing.assert_allclose(image.GetSpacing(), fixed.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(image.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(image.GetDirection(), fixed.GetDirection(), atol=1e-6)
+    assert sitk.ReadImage(str(out / "displacement.nii.gz")).GetNumberOfComponentsPerPixel() == 3
+    assert json.loads((out / "metrics.json").read_text())["model"] == "predict"
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transform_h5_reproduces_warped(saved):
+    fixed, moving, _, _, _, _, out = saved
+    transform = sitk.ReadTransform(str(out / "transform.h5"))
+    again = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warped = sitk.ReadImage(str(out / "warped.nii.gz"))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(warped), atol=1e-4)
+
+
+def test_displacement_nifti_as_itk_transform_reproduces_warped(saved):
+    fixed, moving, _, _, _, _, out = saved
+    field = sitk.Cast(sitk.ReadImage(str(out / "displacement.nii.gz")), sitk.sitkVectorFloat64)
+    again = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warped = sitk.ReadImage(str(out / "warped.nii.gz"))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(warped), atol=1e-3)
+
+
+def test_antspyx_apply_transforms_agrees(saved, tmp_path):
+    ants = pytest.importorskip("ants", reason="antspyx is a test requirement (pip install -e .[test])")
+    fixed, moving, _, _, _, _, out = saved
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "moving.nii.gz"))
+    warped_ants = ants.apply_transforms(
+        fixed=ants.image_read(str(tmp_path / "fixed.nii.gz")), moving=ants.image_read(str(tmp_path / "moving.nii.gz")),
+        transformlist=[str(out / "displacement.nii.gz")], interpolator="linear",
+    )
+    ants_array = warped_ants.numpy()  # (i, j, k)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz"))).transpose(2, 1, 0)
+    assert np.abs(ours).max() > 50  # the comparison is not between two empty images
+    np.testing.assert_allclose(ants_array, ours, atol=1e-5 * np.abs(ours).max())
+
+
+def test_known_translation_is_undone(saved):
+    fixed, moving, shift, _, _, result, _ = saved
+    field = sitk.GetArrayFromImage(result.displacement)
+    np.testing.assert_allclose(field.reshape(-1, 3), np.broadcast_to(shift, (field.size // 3, 3)), atol=1e-6)
+    half_voxel = 0.5 * min(fixed.GetSpacing())
+    before = centroid(result.moving_on_fixed) - centroid(fixed)
+    after = centroid(result.warped) - centroid(fixed)
+    assert np.linalg.norm(before) > 4 * half_voxel  # the pair really starts misaligned
+    assert np.linalg.norm(after) < half_voxel
+    # Voxel-wise: the same as resampling through ITK's own translation transform.
+    expected = sitk.Resample(moving, fixed, sitk.TranslationTransform(3, shift.tolist()), sitk.sitkLinear, 0.0,
+                             sitk.sitkFloat32)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(expected), atol=1e-3)
+    assert result.metrics["correlation_after"] > result.metrics["correlation_before"]
+    assert result.metrics["folding_fraction"] == 0.0
+
+
+def test_labels_points_and_metrics(saved):
+    fixed, _, shift, _, labels_f, result, out = saved
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz")))
+    target = sitk.GetArrayFromImage(labels_f)
+    assert set(np.unique(warped)) <= {0, 1, 2}
+    for label in (1, 2):
+        a, b = warped == label, target == label
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > 0.85
+        assert result.metrics["dice"][str(label)] == pytest.approx(dice)
+        assert result.metrics["dice"][str(label)] > result.metrics["dice_before"][str(label)]
+    assert result.metrics["hd95_mm_mean"] < 2 * max(fixed.GetSpacing())
+    mapped = read_points(out / "mapped_points.csv")
+    points_f = np.array([[0.0, 0.0, 0.0], [5.0, -3.0, 2.0], [-7.5, 4.0, -1.0]])
+    np.testing.assert_allclose(mapped, points_f + shift, atol=1e-6)  # fixed → moving space
+    assert result.metrics["landmark_error_mm_mean"] < 1e-5
+    assert result.metrics["landmark_error_mm_mean_before"] == pytest.approx(np.linalg.norm(shift))
+
+
+def test_apply_cli_matches_register_outputs(saved, tmp_path):
+    fixed, moving, shift, labels_m, _, _, out = saved
+    paths = {name: tmp_path / f"{name}.nrrd" for name in ("fixed", "moving", "labels")}
+    for name, image in (("fixed", fixed), ("moving", moving), ("labels", labels_m)):
+        sitk.WriteImage(image, str(paths[name]))
+    points = np.array([[1.0, 2.0, 3.0], [-4.0, 0.5, 2.0]])
+    write_points(points, tmp_path / "points.csv")
+    for transform in ("transform.h5", "displacement.nii.gz"):
+        argv = ["apply", "--transform", str(out / transform), "--reference", str(paths["fixed"]),
+                "--image", str(paths["moving"]), "--output", str(tmp_path / "w.nii.gz"),
+                "--labels", str(paths["labels"]), "--output-labels", str(tmp_path / "l.nii.gz"),
+                "--points", str(tmp_path / "points.csv"), "--output-points", str(tmp_path / "p.csv")]
+        assert main(argv) == 0
+        np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "w.nii.gz"))),
+                                   sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz"))), atol=1e-3)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "l.nii.gz"))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz"))))
+        np.testing.assert_allclose(read_points(tmp_path / "p.csv"), points + shift, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["--cascades", "1", "--repeat", "2"]])
+def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, capsys):
+    fixed, moving, _ = oblique_pair
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    sitk.WriteImage(sitk.Cast(moving, sitk.sitkInt16), str(tmp_path / "moving.nrrd"))
+    network = RecursiveCascadeNetwork("vtn", n_cascades=2, width=0.125)
+    save_checkpoint(tmp_path / "random.pt", network, CARD)
+    argv = ["register", "--moving", str(tmp_path / "moving.nrrd"), "--fixed", str(tmp_path / "fixed.nii.gz"),
+            "--output-dir", str(tmp_path / "out"), "--model", str(tmp_path / "random.pt"), "--device", "cpu", *extra]
+    assert main(argv) == 0
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "metrics.json", "figure.png"}
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["model"] == "random" and set(metrics["timings_s"]) >= {"read", "preprocess", "network", "field", "resample"}
+    stderr = capsys.readouterr().err
+    expected_cascades = 1 + (2 if not extra else 1 * 2)  # affine + deformable × repeat
+    assert f"cascade {expected_cascades}/{expected_cascades}" in stderr
+    # The saved transform reproduces the saved image for an arbitrary (random-network) field too.
+    transform = sitk.ReadTransform(str(tmp_path / "out" / "transform.h5"))
+    again = sitk.Resample(sitk.ReadImage(str(tmp_path / "moving.nrrd")), fixed, transform, sitk.sitkLinear, 0.0,
+                          sitk.sitkFloat32)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(again),
+                               sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "warped.nii.gz"))), atol=1e-3)
+
+
+def test_help_for_every_command(capsys):
+    for command in ("register", "apply", "models"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out
