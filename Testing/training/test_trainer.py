@@ -1,0 +1,165 @@
+"""The training loop end to end on tiny phantoms: learning, exact resume, crash-safe checkpoints,
+fp16 export, logs, and one-line errors for bad data paths."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from rcreg.checkpoint import load_checkpoint, model_from_checkpoint
+from rcreg.cli import main
+from rcreg.metrics import dice, mean_score
+from rcreg.training.logbook import TrainingLog
+from rcreg.training.trainer import _Run, train
+
+NO_AUGMENTATION = dict(ffd_amplitude=0, rotation=0, scaling=0, translation=0, gamma=0, bias_field=0, noise=0)
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def shifted_pair(phantom_list, tmp_path):
+    """A pair list (phantom00, the same subject moved 3 voxels = 6 mm along x) and the labels' unregistered Dice."""
+    folder = phantom_list.parent
+    for suffix in ("", "_labels"):
+        image = sitk.ReadImage(str(folder / f"phantom00{suffix}.nii.gz"))
+        image.SetOrigin([image.GetOrigin()[0] + 6.0, *image.GetOrigin()[1:]])
+        sitk.WriteImage(image, str(tmp_path / f"shifted{suffix}.nii.gz"))
+    listing = tmp_path / "pairs.csv"
+    listing.write_text(f"fixed,moving,fixed_labels,moving_labels\n{folder / 'phantom00.nii.gz'},shifted.nii.gz,"
+                       f"{folder / 'phantom00_labels.nii.gz'},shifted_labels.nii.gz\n")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "phantom00_labels.nii.gz"))).transpose(2, 1, 0)
+    on_fixed_grid = np.zeros_like(labels)  # moving(x) = labels(x − 3 voxels) on the fixed grid
+    on_fixed_grid[3:] = labels[:-3]
+    return listing, mean_score(dice(on_fixed_grid, labels))
+
+
+def test_loss_falls_and_dice_beats_unregistered(tiny_config, shifted_pair):
+    listing, unregistered = shifted_pair
+    config = tiny_config(train=str(listing), val=str(listing), mode="paired", affine=False, cascades=1,
+                         batch_size=1, iterations=30, lr=1e-3, lr_steps=[], val_every=30, save_every=30,
+                         **NO_AUGMENTATION)
+    train(config)
+    similarity = [float(r["similarity"]) for r in _rows(f"{config.output}/train_log.csv")]
+    assert len(similarity) == 30
+    assert np.mean(similarity[-5:]) < 0.7 * np.mean(similarity[:5])
+    final = _rows(f"{config.output}/val_log.csv")[-1]
+    assert float(final["dice"]) > unregistered + 0.1, (final, unregistered)
+
+
+def _interrupt_at(step):
+    original = _Run._train_step
+
+    def step_then_maybe_stop(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    return step_then_maybe_stop
+
+
+def test_resume_is_exact(tiny_config, tmp_path, monkeypatch):
+    full = tiny_config(output=str(tmp_path / "full"))
+    reference = train(full).model.state_dict()
+
+    cut = tiny_config(output=str(tmp_path / "cut"))
+    with monkeypatch.context() as patch:
+        patch.setattr(_Run, "_train_step", _interrupt_at(4))  # dies during step 5; last.pt holds step 3
+        with pytest.raises(KeyboardInterrupt):
+            train(cut)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["training"]["step"] == 3
+    cut.resume = True
+    resumed = train(cut).model.state_dict()
+
+    assert reference.keys() == resumed.keys()
+    for name, value in reference.items():
+        assert torch.equal(value, resumed[name]), name
+    # The logs continue without the lost step and match the uninterrupted run.
+    assert _rows(tmp_path / "cut" / "train_log.csv") == _rows(tmp_path / "full" / "train_log.csv")
+    assert _rows(tmp_path / "cut" / "val_log.csv") == _rows(tmp_path / "full" / "val_log.csv")
+
+
+def test_checkpoint_write_killed_midway_keeps_previous(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config()
+    real_save = torch.save
+
+    def dying_save(obj, fh, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("training", {}).get("step") == 6:
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # half the file, then the "crash"
+            raise OSError("No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="No space left"):
+        train(config)
+    ckpt = load_checkpoint(f"{config.output}/last.pt")
+    assert ckpt["training"]["step"] == 3
+    model_from_checkpoint(ckpt)  # still a complete, loadable checkpoint
+    assert not [p for p in os.listdir(config.output) if p.endswith(".tmp")]
+
+
+def test_export_checkpoint_card_and_register(tiny_config, pair_list, tmp_path):
+    config = tiny_config(name="phantom-test", modality="MR", iterations=3)
+    result = train(config)
+    raw = torch.load(result.export, weights_only=True)
+    assert "training" not in raw and all(v.dtype == torch.float16 for v in raw["state_dict"].values()
+                                          if v.is_floating_point())
+    assert os.path.getsize(result.export) < 0.6 * os.path.getsize(result.best)
+    exported, card = model_from_checkpoint(result.export)
+    best, _ = model_from_checkpoint(result.best)
+    assert card["name"] == "phantom-test" and card["grid"]["shape"] == [24, 24, 24]
+    assert card["cascades"] == 2 and card["training"]["iterations"] == card["validation"]["step"]
+    assert card["validation"]["metric"] == "dice" and 0 < card["validation"]["value"] <= 1
+    fixed, moving = torch.rand(2, 1, 1, 24, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(fixed, moving).flow, best(fixed, moving).flow, atol=0.05, rtol=0.05)
+    folder = pair_list.parent
+    assert main(["register", "-f", str(folder / "phantom00.nii.gz"), "-m", str(folder / "phantom01.nii.gz"),
+                 "-o", str(tmp_path / "registered"), "--model", str(result.export), "--device", "cpu", "-q"]) == 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train", "{tmp}/missing.csv"], "missing.csv"),
+    (["--train", "{tmp}/*.nii.gz"], "no image files match"),
+    (["--train", "{list}", "--val", "{tmp}/nowhere"], "nowhere"),
+    (["--train", "{list}", "--mode", "atlas", "--atlas", "{tmp}/atlas.nii.gz"], "atlas.nii.gz"),
+    (["--train", "{list}", "--mode", "paired"], "fixed"),
+    (["--config", "{tmp}/missing.yaml"], "missing.yaml"),
+])
+def test_bad_data_path_is_one_line_error_before_any_work(args, needle, phantom_list, tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = [a.format(tmp=tmp_path, list=phantom_list) for a in args]
+    assert main(["train", *argv, "--output", str(output), "--grid", "24", "24", "24"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and err.startswith("rcreg train: error:")
+    assert not output.exists()
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: x.csv\ncascade: 3\n")
+    assert main(["train", "--config", str(config)]) == 1
+    assert "unknown option(s) cascade" in capsys.readouterr().err
+
+
+def test_tensorboard_events_and_missing_package(tmp_path, monkeypatch, capsys):
+    log = TrainingLog(tmp_path / "tb", tensorboard=True)
+    log.scalars("train", 1, {"total": 0.5})
+    log.images(1, fixed=torch.rand(8, 8, 8), warped=torch.rand(8, 8, 8))
+    log.close()
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    log = TrainingLog(tmp_path / "plain", tensorboard=True)
+    log.scalars("train", 1, {"total": 0.5})
+    assert "tensorboard package is not installed" in capsys.readouterr().err
+    assert _rows(tmp_path / "plain" / "train_log.csv") == [{"step": "1", "total": "0.5"}]

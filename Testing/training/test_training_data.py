@@ -1,0 +1,70 @@
+"""Image lists, pair lists and the preprocessing cache of the training data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from rcreg.io import InputError
+from rcreg.training import datasets
+from rcreg.training.datasets import VolumeCache, read_image_list, read_pair_list
+
+CARD = {"grid": {"shape": [24, 24, 24]}, "normalization": {"type": "window", "min": 0.0, "max": 1.0}}
+
+
+def test_folder_glob_csv_and_json_lists_agree(phantom_list, tmp_path):
+    folder = phantom_list.parent
+    from_csv = read_image_list(phantom_list)
+    assert len(from_csv) == 5 and all(e.labels is not None and e.labels.is_file() for e in from_csv)
+    from_glob = read_image_list(str(folder / "phantom0?.nii.gz"))
+    assert [e.image for e in from_glob] == [e.image for e in from_csv]
+    from_folder = read_image_list(folder)  # label maps are image files too: 10 entries
+    assert len(from_folder) == 10
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps({"images": [{"image": str(e.image), "labels": str(e.labels)} for e in from_csv]}))
+    assert read_image_list(listing) == from_csv
+
+
+def test_missing_files_give_one_line_errors(phantom_list, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image,labels\n{phantom_list.parent / 'phantom00.nii.gz'},nowhere.nii.gz\n")
+    with pytest.raises(InputError, match="nowhere.nii.gz") as info:
+        read_image_list(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="data list not found"):
+        read_image_list(tmp_path / "missing")
+    with pytest.raises(InputError, match="no image files match"):
+        read_image_list(str(tmp_path / "*.nii.gz"))
+    with pytest.raises(InputError, match="fixed"):
+        read_pair_list(phantom_list)  # an image list is not a pair list
+
+
+def test_pair_list(pair_list):
+    pairs = read_pair_list(pair_list)
+    assert [(p.fixed.name, p.moving.name) for p in pairs] == [("phantom00", "phantom01"), ("phantom02", "phantom03")]
+    assert pairs[0].moving.labels.name == "phantom01_labels.nii.gz"
+
+
+def test_cache_preprocesses_once_and_keeps_labels(phantom_list, tmp_path, monkeypatch):
+    entry = read_image_list(phantom_list)[0]
+    cache = VolumeCache(tmp_path / "cache", CARD)
+    volume = cache.load(entry)
+    # The phantom is 24³ voxels of 2 mm, so the 24³ network grid is its own grid: values are unchanged
+    # (window 0…1 normalisation; label maps by nearest neighbour).
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(entry.image))).transpose(2, 1, 0)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(entry.labels))).transpose(2, 1, 0)
+    np.testing.assert_allclose(volume.image[0].numpy(), np.clip(image, 0, 1), atol=1e-5)
+    assert np.array_equal(volume.labels[0].numpy(), labels)
+    assert volume.reference.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+    def miss(*args, **kwargs):
+        raise RuntimeError("cache miss")
+
+    monkeypatch.setattr(datasets, "preprocess", miss)
+    again = VolumeCache(tmp_path / "cache", CARD).load(entry)
+    assert torch.equal(again.image, volume.image) and torch.equal(again.labels, volume.labels)
+    other = dict(CARD, grid={"shape": [16, 16, 16]})
+    with pytest.raises(RuntimeError, match="cache miss"):  # a different grid is a different cache entry
+        VolumeCache(tmp_path / "cache", other).load(entry)
