@@ -65,7 +65,12 @@ def _from_nibabel(img: Any, name: str) -> sitk.Image:
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     """Read the (first, largest) DICOM series in ``folder``."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints multi-line warnings for empty folders
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series")
     files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)

@@ -84,6 +84,8 @@ class RegistrationResult:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        except (FileExistsError, NotADirectoryError):
+            raise OSError(f"{directory}: cannot create output folder (a parent path is a file)") from None
         except OSError as exc:
             raise OSError(f"{directory}: cannot write output folder ({exc.strerror or exc})") from None
         try:
