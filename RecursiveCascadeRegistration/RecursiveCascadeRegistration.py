@@ -263,13 +263,7 @@ class RecursiveCascadeRegistrationTest(ScriptedLoadableModuleTest):
         from RecursiveCascadeRegistrationLib import testing
 
         self.delayDisplay("Registering a synthetic phantom pair")
-        scene = slicer.mrmlScene
-        shapeF, shapeM = (28, 24, 20), (26, 30, 18)
-        fixed, fixedSeg = testing.addPhantom(scene, "fixed", shapeF,
-                                             testing.obliqueIJKToRAS(shapeF, (1.2, 1.0, 1.6), (15, -10, 25)))
-        moving, movingSeg = testing.addPhantom(scene, "moving", shapeM,
-                                               testing.obliqueIJKToRAS(shapeM, (1.4, 0.9, 1.8), (-10, 20, 5)),
-                                               shift=(2.0, -1.5, 1.0))
+        fixed, fixedSeg, moving, movingSeg = testing.addPhantomPair(slicer.mrmlScene)
         logic = RecursiveCascadeRegistrationLogic()
         fractions = []
         metrics = logic.registerVolumes(fixed, moving, model=testing.SinusoidPredictor(amplitude=1.5),

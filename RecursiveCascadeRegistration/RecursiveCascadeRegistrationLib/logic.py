@@ -15,7 +15,9 @@ import SimpleITK as sitk
 from . import display
 from .engine import importEngine
 from .nodes import (
+    nodeIds,
     gridTransformFromDisplacement,
+    removeNodesAddedSince,
     segmentationToLabelImage,
     updateSegmentationFromLabelImage,
     updateVolumeNodeFromImage,
@@ -93,12 +95,10 @@ class RecursiveCascadeRegistrationLogic:
             raise ValueError("a fixed segmentation needs a moving segmentation to compare with")
         report = progressCallback or (lambda fraction, message: None)
         scene = fixedVolumeNode.GetScene()
-        created = []
+        nodesBefore = nodeIds(scene)
 
         def newNode(className: str, name: str):
-            node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
-            created.append(node)
-            return node
+            return scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
 
         try:
             report(0.0, "Converting volumes")
@@ -147,14 +147,13 @@ class RecursiveCascadeRegistrationLogic:
                     fixedVolumeNode, outputSegmentationNode, newNode)
 
             metrics = self._metrics(result.metrics, movingSegmentationNode, pairs)
+            report(1.0, "Done")
         except BaseException:
-            for node in created:
-                scene.RemoveNode(node)
+            removeNodesAddedSince(scene, nodesBefore)
             raise
         self.outputVolumeNode = outputVolumeNode
         self.outputTransformNode = outputTransformNode
         self.outputSegmentationNode = outputSegmentationNode
-        report(1.0, "Done")
         return metrics
 
     @staticmethod

@@ -6,7 +6,8 @@ Slicer nodes live in RAS, SimpleITK images in LPS; geometry and vectors are flip
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +23,9 @@ __all__ = [
     "gridTransformFromDisplacement",
     "segmentationToLabelImage",
     "updateSegmentationFromLabelImage",
+    "removedOnExit",
+    "removeNodesAddedSince",
+    "nodeIds",
 ]
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -121,7 +125,30 @@ def gridTransformFromDisplacement(field: sitk.Image) -> slicer.vtkOrientedGridTr
     return transform
 
 
-def _temporaryLabelmap(scene):
+def nodeIds(scene) -> set[str]:
+    """IDs of all nodes in ``scene``."""
+    return {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+
+
+def removeNodesAddedSince(scene, previousIds: set[str]) -> None:
+    """Remove every node of ``scene`` whose ID is not in ``previousIds`` (display, storage, colour nodes too)."""
+    for nodeId in nodeIds(scene) - previousIds:
+        node = scene.GetNodeByID(nodeId)
+        if node is not None:
+            scene.RemoveNode(node)
+
+
+@contextlib.contextmanager
+def removedOnExit(scene) -> Iterator[None]:
+    """Remove, on leaving the block, every node added to ``scene`` inside it (for temporary nodes)."""
+    before = nodeIds(scene)
+    try:
+        yield
+    finally:
+        removeNodesAddedSince(scene, before)
+
+
+def _labelmapNode(scene):
     return scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("__rcreg_temp__"))
 
 
@@ -131,29 +158,25 @@ def segmentationToLabelImage(segmentationNode, segmentIds: Sequence[str], refere
     Segment ``segmentIds[n]`` gets label value ``n + 1``; 0 is background.
     """
     scene = segmentationNode.GetScene()
-    labelmap = _temporaryLabelmap(scene)
-    try:
+    with removedOnExit(scene):
+        labelmap = _labelmapNode(scene)
         ids = vtk.vtkStringArray()
         for segmentId in segmentIds:
             ids.InsertNextValue(segmentId)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentationNode, ids, labelmap, referenceVolumeNode):
+                segmentationNode, ids, labelmap, referenceVolumeNode) or labelmap.GetImageData() is None:
             raise ValueError(f"cannot export segmentation '{segmentationNode.GetName()}' to a labelmap")
         return volumeNodeToImage(labelmap, sitk.sitkUInt16)
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 def updateSegmentationFromLabelImage(segmentationNode, labels: sitk.Image, segmentIds: Sequence[str]) -> None:
     """Replace the listed segments of ``segmentationNode`` with label ``n + 1`` of ``labels`` (LPS)."""
     scene = segmentationNode.GetScene()
-    labelmap = _temporaryLabelmap(scene)
-    try:
+    with removedOnExit(scene):
+        labelmap = _labelmapNode(scene)
         updateVolumeNodeFromImage(labelmap, sitk.Cast(labels, sitk.sitkUInt16))
         ids = vtk.vtkStringArray()
         for segmentId in segmentIds:
             ids.InsertNextValue(segmentId)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode, ids):
             raise ValueError(f"cannot import the warped labels into segmentation '{segmentationNode.GetName()}'")
-    finally:
-        scene.RemoveNode(labelmap)

@@ -11,7 +11,7 @@ import numpy as np
 import slicer
 import vtk
 
-__all__ = ["obliqueIJKToRAS", "addPhantom", "SinusoidPredictor", "SEGMENT_NAMES"]
+__all__ = ["obliqueIJKToRAS", "addPhantom", "addPhantomPair", "SinusoidPredictor", "SEGMENT_NAMES"]
 
 SEGMENT_NAMES = ("ball", "ellipsoid")
 # (centre RAS mm, semi-axes mm, intensity) of each structure, in the phantom's own frame.
@@ -72,6 +72,18 @@ def addPhantom(scene, name: str, shape: Sequence[int], ijkToRAS: np.ndarray, shi
         raise RuntimeError(f"cannot build the phantom segmentation {name}")
     scene.RemoveNode(labelmap)
     return volume, segmentation
+
+
+def addPhantomPair(scene):
+    """Fixed and moving phantoms on unrelated oblique, anisotropic grids, the moving one shifted.
+
+    Returns ``(fixedVolume, fixedSegmentation, movingVolume, movingSegmentation)``.
+    """
+    shapeF, shapeM = (28, 24, 20), (26, 30, 18)
+    fixed, fixedSeg = addPhantom(scene, "fixed", shapeF, obliqueIJKToRAS(shapeF, (1.2, 1.0, 1.6), (15, -10, 25)))
+    moving, movingSeg = addPhantom(scene, "moving", shapeM, obliqueIJKToRAS(shapeM, (1.4, 0.9, 1.8), (-10, 20, 5)),
+                                   shift=(2.0, -1.5, 1.0))
+    return fixed, fixedSeg, moving, movingSeg
 
 
 class SinusoidPredictor:
