@@ -4,7 +4,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+
+from rcreg.metrics import dice, mean_score
 
 from rcreg.training.config import TrainConfig
 from rcreg.training.phantoms import write_phantoms
@@ -50,3 +54,25 @@ def tiny_config(phantom_list, cache_dir, tmp_path):
         return TrainConfig(**values)
 
     return make
+
+
+@pytest.fixture
+def shifted_pair(phantom_list, tmp_path):
+    """A pair list (phantom00, the same subject moved 3 voxels = 6 mm along x, with landmarks moved
+    alike) and the unregistered mean Dice of its labels on the fixed grid."""
+    folder = phantom_list.parent
+    for suffix in ("", "_labels"):
+        image = sitk.ReadImage(str(folder / f"phantom00{suffix}.nii.gz"))
+        image.SetOrigin([image.GetOrigin()[0] + 6.0, *image.GetOrigin()[1:]])
+        sitk.WriteImage(image, str(tmp_path / f"shifted{suffix}.nii.gz"))
+    points = np.array([[0.0, 0.0, 0.0], [-5.0, 4.0, 2.0], [7.0, -3.0, -6.0]])
+    np.savetxt(tmp_path / "fixed_points.csv", points, delimiter=",", header="x,y,z", comments="")
+    np.savetxt(tmp_path / "moving_points.csv", points + [6.0, 0.0, 0.0], delimiter=",", header="x,y,z", comments="")
+    listing = tmp_path / "pairs.csv"
+    listing.write_text("fixed,moving,fixed_labels,moving_labels,fixed_landmarks,moving_landmarks\n"
+                       f"{folder / 'phantom00.nii.gz'},shifted.nii.gz,{folder / 'phantom00_labels.nii.gz'},"
+                       "shifted_labels.nii.gz,fixed_points.csv,moving_points.csv\n")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "phantom00_labels.nii.gz"))).transpose(2, 1, 0)
+    on_fixed_grid = np.zeros_like(labels)  # moving(x) = labels(x − 3 voxels) on the fixed grid
+    on_fixed_grid[3:] = labels[:-3]
+    return listing, mean_score(dice(on_fixed_grid, labels))

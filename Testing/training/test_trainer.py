@@ -8,12 +8,10 @@ import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from rcreg.checkpoint import load_checkpoint, model_from_checkpoint
 from rcreg.cli import main
-from rcreg.metrics import dice, mean_score
 from rcreg.training.logbook import TrainingLog
 from rcreg.training.trainer import _Run, train
 
@@ -23,23 +21,6 @@ NO_AUGMENTATION = dict(ffd_amplitude=0, rotation=0, scaling=0, translation=0, ga
 def _rows(path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-@pytest.fixture
-def shifted_pair(phantom_list, tmp_path):
-    """A pair list (phantom00, the same subject moved 3 voxels = 6 mm along x) and the labels' unregistered Dice."""
-    folder = phantom_list.parent
-    for suffix in ("", "_labels"):
-        image = sitk.ReadImage(str(folder / f"phantom00{suffix}.nii.gz"))
-        image.SetOrigin([image.GetOrigin()[0] + 6.0, *image.GetOrigin()[1:]])
-        sitk.WriteImage(image, str(tmp_path / f"shifted{suffix}.nii.gz"))
-    listing = tmp_path / "pairs.csv"
-    listing.write_text(f"fixed,moving,fixed_labels,moving_labels\n{folder / 'phantom00.nii.gz'},shifted.nii.gz,"
-                       f"{folder / 'phantom00_labels.nii.gz'},shifted_labels.nii.gz\n")
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "phantom00_labels.nii.gz"))).transpose(2, 1, 0)
-    on_fixed_grid = np.zeros_like(labels)  # moving(x) = labels(x − 3 voxels) on the fixed grid
-    on_fixed_grid[3:] = labels[:-3]
-    return listing, mean_score(dice(on_fixed_grid, labels))
 
 
 def test_loss_falls_and_dice_beats_unregistered(tiny_config, shifted_pair):
