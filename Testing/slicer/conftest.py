@@ -1,4 +1,4 @@
-"""A Slicer MRML scene with the logics the module uses, under slicer-core (no Qt, no application).
+"""pytest set-up for the Slicer tests under slicer-core: a fresh MRML scene per test.
 
 The module's folder is put on ``sys.path`` as Slicer does for scripted modules.
 """
@@ -27,26 +27,13 @@ finally:
 
 @pytest.fixture
 def scene():
-    """A fresh scene registered as ``slicer.mrmlScene``, with colour, volume, transform and segmentation logics."""
+    """A fresh MRML scene with the module's logics (mrml_scene.newScene), cleared afterwards."""
     import torch
 
+    from mrml_scene import newScene
+
     torch.set_num_threads(2)
-    mrmlScene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = mrmlScene
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(mrmlScene)
-    colors = app.GetColorLogic()
-    colors.SetMRMLScene(mrmlScene)
-    colors.AddDefaultColorNodes()
-    app.SetModuleLogic("Colors", colors)
-    logics = {"Volumes": slicer.vtkSlicerVolumesLogic(), "Transforms": slicer.vtkSlicerTransformLogic(),
-              "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic()}
-    for name, logic in logics.items():
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(mrmlScene)
-        app.SetModuleLogic(name, logic)
-    mrmlScene.applicationLogic = app  # keep the logics alive as long as the scene
-    mrmlScene.moduleLogics = logics
+    mrmlScene = newScene()
     yield mrmlScene
     mrmlScene.Clear(True)
     slicer.mrmlScene = None
