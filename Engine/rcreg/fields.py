@@ -6,6 +6,8 @@ displacements ``u(p)`` in mm: the fixed point ``p`` maps to the moving point ``p
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -25,23 +27,26 @@ def _index_matrix(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
 
 
-def _linear_weights(q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _linear_weights(q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1D linear interpolation at continuous positions ``q`` on ``n`` samples, clamped to the border.
 
-    Returns ``(i0, i0 + 1, w)`` so that ``value = (1 − w)·x[i0] + w·x[i0 + 1]``.
+    Returns ``(i0, i0 + 1, w)`` so that ``value = x[i0] + w·(x[i0 + 1] − x[i0])``.
     """
-    q = q.clamp(0, n - 1)
-    i0 = q.floor().long().clamp(max=n - 2)
+    q = np.clip(q, 0, n - 1)
+    i0 = np.minimum(np.floor(q).astype(np.intp), n - 2)
     return i0, i0 + 1, q - i0
 
 
-def _interpolate_axis(x: torch.Tensor, axis: int, weights) -> torch.Tensor:
-    """Linear interpolation of ``x`` along ``axis`` at the positions encoded in ``weights``."""
+def _interpolate_axis(x: np.ndarray, axis: int, weights, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Linear interpolation of ``x`` along ``axis`` (leading axes only; trailing axes stay contiguous)."""
     i0, i1, w = weights
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    w = w.view(shape).to(x.dtype)
-    return torch.lerp(x.index_select(axis, i0), x.index_select(axis, i1), w)
+    w = w.reshape((-1,) + (1,) * (x.ndim - axis - 1))
+    index = (slice(None),) * axis
+    low = x[index + (i0,)]
+    result = np.subtract(x[index + (i1,)], low, out=out)
+    result *= w
+    result += low
+    return result
 
 
 def flow_to_displacement(
@@ -56,8 +61,9 @@ def flow_to_displacement(
     the displacement ``x' − p = D·diag(s)·flow(q)`` (D, s: the grid's direction and spacing).
 
     Because the grid shares the fixed image's axes, ``q`` is a per-axis affine function of the fixed
-    index, so trilinear sampling is done separably, ``chunk`` fixed k-planes at a time. Returns a
-    ``sitkVectorFloat64`` image with the fixed image's geometry.
+    index, so trilinear sampling is done separably (and, being linear, after the conversion to mm on
+    the small grid), ``chunk`` fixed k-planes at a time. Returns a ``sitkVectorFloat64`` image with
+    the fixed image's geometry.
     """
     flow = flow.detach().to("cpu", torch.float64)
     if flow.dim() == 5:
@@ -70,19 +76,16 @@ def flow_to_displacement(
         raise ValueError("the network grid must share the fixed image's axes (direction)")
     offset = to_grid @ (np.asarray(fixed.GetOrigin()) - np.asarray(grid.GetOrigin()))
     size_f, size_n = fixed.GetSize(), grid.GetSize()
-    weights = [
-        _linear_weights(torch.arange(size_f[a], dtype=torch.float64) * index_map[a, a] + offset[a], size_n[a])
-        for a in range(3)
-    ]
-    to_mm = torch.from_numpy(_index_matrix(grid))
-    out = np.empty((size_f[2], size_f[1], size_f[0], 3), dtype=np.float64)  # SimpleITK order k, j, i, c
-    # Along i and j once for all (the grid is small), then chunks of fixed k-planes.
-    coarse = _interpolate_axis(_interpolate_axis(flow, 1, weights[0]), 2, weights[1])  # (3, I, J, Z)
+    weights = [_linear_weights(np.arange(size_f[a]) * index_map[a, a] + offset[a], size_n[a]) for a in range(3)]
+    # mm on the network grid in SimpleITK order (z, y, x, c); then along i and j on the small grid,
+    # then chunks of fixed k-planes straight into the output.
+    mm = np.ascontiguousarray(np.tensordot(flow.numpy(), _index_matrix(grid), axes=([0], [1])).transpose(2, 1, 0, 3))
+    coarse = _interpolate_axis(_interpolate_axis(mm, 2, weights[0]), 1, weights[1])  # (Z, J, I, 3)
+    out = np.empty((size_f[2], size_f[1], size_f[0], 3), dtype=np.float64)
     i0, i1, w = weights[2]
     for start in range(0, size_f[2], chunk):
         part = slice(start, start + chunk)
-        planes = _interpolate_axis(coarse, 3, (i0[part], i1[part], w[part]))  # (3, I, J, k)
-        out[part] = torch.einsum("cd,dijk->kjic", to_mm, planes).numpy()
+        _interpolate_axis(coarse, 0, (i0[part], i1[part], w[part]), out=out[part])
     field = sitk.GetImageFromArray(out, isVector=True)
     field.CopyInformation(fixed)
     return field
@@ -94,11 +97,11 @@ def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform
 
 
 def displacement_to_voxel_flow(field: sitk.Image) -> torch.Tensor:
-    """A physical field (LPS mm) expressed in voxels of its own grid: ``(1, 3, I, J, K)`` float32,
-    ``v = (D·diag(s))⁻¹ u`` — a similarity of the physical map, so its Jacobian determinant is equal."""
-    u = torch.from_numpy(sitk.GetArrayViewFromImage(field).astype(np.float64))  # (K, J, I, 3)
-    to_voxels = torch.from_numpy(np.linalg.inv(_index_matrix(field)))
-    return torch.einsum("cd,kjid->cijk", to_voxels, u).float().unsqueeze(0)
+    """A physical field (LPS mm) expressed in voxels of its own grid: ``(1, 3, I, J, K)`` float32 (a
+    strided view), ``v = (D·diag(s))⁻¹ u`` — a similarity of the physical map, so det J is equal."""
+    u = sitk.GetArrayViewFromImage(field)  # (K, J, I, 3) mm
+    voxels = (u @ np.linalg.inv(_index_matrix(field)).T).astype(np.float32)
+    return torch.from_numpy(voxels).permute(3, 2, 1, 0).unsqueeze(0)  # a (1, 3, I, J, K) view
 
 
 def field_jacobian_determinant(field: sitk.Image, slab: int = 32) -> np.ndarray:
