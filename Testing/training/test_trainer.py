@@ -144,3 +144,22 @@ def test_tensorboard_events_and_missing_package(tmp_path, monkeypatch, capsys):
     log.scalars("train", 1, {"total": 0.5})
     assert "tensorboard package is not installed" in capsys.readouterr().err
     assert _rows(tmp_path / "plain" / "train_log.csv") == [{"step": "1", "total": "0.5"}]
+
+
+def test_atlas_mode_with_dice_supervision(tiny_config, phantom_list):
+    folder = phantom_list.parent
+    config = tiny_config(mode="atlas", atlas=str(folder / "phantom00.nii.gz"),
+                         atlas_labels=str(folder / "phantom00_labels.nii.gz"), dice_weight=0.5, iterations=2,
+                         val_every=2, save_every=2, affine=False)
+    train(config)
+    logged = _rows(f"{config.output}/train_log.csv")
+    assert all(0 < float(r["dice"]) < 1 for r in logged)  # the soft Dice term is computed and logged
+    validation = _rows(f"{config.output}/val_log.csv")[-1]
+    assert 0 < float(validation["dice"]) <= 1 and validation["dice"] == validation["score"]
+
+
+def test_dice_supervision_needs_labels(tiny_config, tmp_path, phantom_list):
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("image\n" + "\n".join(str(phantom_list.parent / f"phantom0{i}.nii.gz") for i in range(3)))
+    with pytest.raises(ValueError, match="Dice supervision needs label maps"):
+        train(tiny_config(train=str(unlabelled), dice_weight=1.0))
