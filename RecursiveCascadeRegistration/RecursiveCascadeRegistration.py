@@ -206,21 +206,23 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
                 if not engine.installMissingPackages(slicer.util.confirmOkCancelDisplay):
                     self.ui.statusLabel.text = _("Registration needs PyTorch; installation was declined.")
                     return
-                metrics = self.logic.registerVolumes(
-                    node.fixedVolume, node.movingVolume,
-                    model=node.model or None,
-                    cascades=None if node.cascades < 0 else node.cascades,
-                    repeat=node.repeat, device=node.device,
-                    outputVolumeNode=node.outputVolume, outputTransformNode=node.outputTransform,
-                    movingSegmentationNode=node.movingSegmentation, fixedSegmentationNode=node.fixedSegmentation,
-                    outputSegmentationNode=node.outputSegmentation, progressCallback=self.onProgress)
-                with slicer.util.NodeModify(node):
-                    node.outputVolume = self.logic.outputVolumeNode
-                    node.outputTransform = self.logic.outputTransformNode
-                    node.outputSegmentation = self.logic.outputSegmentationNode
+                try:
+                    metrics = self.logic.registerVolumes(
+                        node.fixedVolume, node.movingVolume,
+                        model=node.model or None,
+                        cascades=None if node.cascades < 0 else node.cascades,
+                        repeat=node.repeat, device=node.device,
+                        outputVolumeNode=node.outputVolume, outputTransformNode=node.outputTransform,
+                        movingSegmentationNode=node.movingSegmentation,
+                        fixedSegmentationNode=node.fixedSegmentation,
+                        outputSegmentationNode=node.outputSegmentation, progressCallback=self.onProgress)
+                except RegistrationCancelled:
+                    self.ui.statusLabel.text = _("Cancelled.")
+                    return
+                node.outputVolume = self.logic.outputVolumeNode
+                node.outputTransform = self.logic.outputTransformNode
+                node.outputSegmentation = self.logic.outputSegmentationNode
                 self.showMetrics(metrics)
-        except RegistrationCancelled:
-            self.ui.statusLabel.text = _("Cancelled; no output was changed.")
         finally:
             self.ui.cancelButton.enabled = False
             self.onParameterNodeModified()

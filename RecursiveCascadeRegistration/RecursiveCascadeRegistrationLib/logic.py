@@ -93,6 +93,9 @@ class RecursiveCascadeRegistrationLogic:
             raise ValueError("select both a fixed and a moving volume")
         if fixedSegmentationNode is not None and movingSegmentationNode is None:
             raise ValueError("a fixed segmentation needs a moving segmentation to compare with")
+        if outputTransformNode is not None and outputTransformNode.IsA("vtkMRMLLinearTransformNode"):
+            raise ValueError(f"transform '{outputTransformNode.GetName()}' is linear: choose a grid transform node")
+        rcreg = importEngine()
         report = progressCallback or (lambda fraction, message: None)
         scene = fixedVolumeNode.GetScene()
         nodesBefore = nodeIds(scene)
@@ -121,7 +124,6 @@ class RecursiveCascadeRegistrationLogic:
                                          f"'{fixedSegmentationNode.GetName()}'")
                     fixedLabels = self._fixedLabelImage(fixedSegmentationNode, matched, fixedVolumeNode)
 
-            rcreg = importEngine()
             report(0.05, "Registering")
             result = rcreg.register(
                 moving, fixed, model=model, cascades=cascades, repeat=repeat, device=device,

@@ -252,3 +252,24 @@ def test_only_the_outputs_are_added_to_the_scene(scene):
     outputs = (logic.outputVolumeNode, logic.outputTransformNode, logic.outputSegmentationNode)
     expected = {node.GetID() for node in outputs} | {node.GetDisplayNode().GetID() for node in outputs}
     assert added == expected
+
+
+def test_linear_output_transform_is_refused(scene):
+    fixed, _, moving, _ = testing.addPhantomPair(scene)
+    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "rigid")
+    with pytest.raises(ValueError, match="'rigid' is linear"):
+        RecursiveCascadeRegistrationLogic().registerVolumes(fixed, moving, model=testing.SinusoidPredictor(),
+                                                            outputTransformNode=linear)
+
+
+def test_given_output_nodes_are_filled(scene):
+    fixed, _, moving, _ = testing.addPhantomPair(scene)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
+    transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "my transform")
+    logic = RecursiveCascadeRegistrationLogic()
+    logic.registerVolumes(fixed, moving, model=testing.SinusoidPredictor(), outputVolumeNode=volume,
+                          outputTransformNode=transform)
+    assert logic.outputVolumeNode is volume and logic.outputTransformNode is transform
+    assert slicer.util.arrayFromVolume(volume).shape == slicer.util.arrayFromVolume(fixed).shape
+    assert isinstance(transform.GetTransformFromParent(), slicer.vtkOrientedGridTransform)
+    assert logic.outputSegmentationNode is None
