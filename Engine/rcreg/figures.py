@@ -23,7 +23,7 @@ def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
 
 
 def _scaled(array: np.ndarray) -> np.ndarray:
-    """Intensities mapped to [0, 1] with the 1st and 99th percentiles."""
+    """Intensities of a slice mapped to [0, 1] with its 1st and 99th percentiles."""
     low, high = np.percentile(array, [1, 99])
     return np.clip((array - low) / (high - low), 0, 1) if high > low else np.zeros_like(array, dtype=float)
 
@@ -52,7 +52,7 @@ def registration_figure(
     def ijk(image: sitk.Image) -> np.ndarray:
         return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
 
-    vols = [_scaled(ijk(im).astype(np.float32)) for im in (fixed, moving, warped)]
+    vols = [ijk(im) for im in (fixed, moving, warped)]
     index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
     to_voxels = np.linalg.inv(index_matrix)
     field = sitk.GetArrayViewFromImage(displacement).transpose(2, 1, 0, 3)  # (i, j, k, 3) mm
@@ -61,7 +61,7 @@ def registration_figure(
     for row, (axis, title) in enumerate(_PLANES):
         a, b = [d for d in range(3) if d != axis]  # in-plane axes: columns a, rows b
         aspect = spacing[b] / spacing[a]
-        f, m, w = (_slice(v, axis) for v in vols)
+        f, m, w = (_scaled(_slice(v, axis).astype(np.float32)) for v in vols)
         panels = [(f, "fixed"), (m, "moving"), (w, "warped"), (checkerboard(f, w), "fixed | warped")]
         for col, (image, name) in enumerate(panels):
             axes[row, col].imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
