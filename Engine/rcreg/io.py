@@ -167,8 +167,9 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
 def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> sitk.Image:
     """Read an integer label map (0 = background); if ``reference`` is given it must be on its grid.
 
-    Float files are accepted when every voxel is an integer. Returns a ``sitkUInt32`` image with
-    ``reference``'s exact geometry (or its own when no reference is given).
+    Float files are accepted when every voxel is an integer. Returns an unsigned integer image (the
+    smallest of 8, 16, 32 bits that holds the labels) with ``reference``'s exact geometry (or its own
+    when no reference is given).
     """
     name = "<label map>" if isinstance(path, sitk.Image) else str(path)
     image = path if isinstance(path, sitk.Image) else _read_any(Path(path))
@@ -189,7 +190,8 @@ def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> s
                 f"{_fmt(image.GetSpacing())} origin {_fmt(image.GetOrigin())} vs size {reference.GetSize()} "
                 f"spacing {_fmt(reference.GetSpacing())} origin {_fmt(reference.GetOrigin())})"
             )
-    labels = sitk.Cast(image, sitk.sitkUInt32)
+    top = array.max()
+    labels = sitk.Cast(image, sitk.sitkUInt8 if top < 2 ** 8 else sitk.sitkUInt16 if top < 2 ** 16 else sitk.sitkUInt32)
     if reference is not None:
         labels.CopyInformation(reference)
     return labels

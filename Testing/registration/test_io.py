@@ -83,8 +83,9 @@ def test_dicom_series_folder(image, tmp_path):
 def test_label_map_on_grid_and_integer_floats(image):
     labels = sitk.Cast(image > 105, sitk.sitkFloat32) * 3.0
     read = read_label_map(labels, image)
-    assert read.GetPixelID() == sitk.sitkUInt32
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(labels).astype(np.uint32))
+    assert read.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(labels).astype(np.uint8))
+    assert read_label_map(labels * 1000.0, image).GetPixelID() == sitk.sitkUInt16
     shifted = sitk.Image(labels)
     shifted.SetOrigin(np.add(image.GetOrigin(), [0.5, 0, 0]).tolist())
     with pytest.raises(InputError, match="not on its image's grid"):

@@ -97,6 +97,12 @@ def test_antspyx_apply_transforms_agrees(saved, tmp_path):
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz"))).transpose(2, 1, 0)
     assert np.abs(ours).max() > 50  # the comparison is not between two empty images
     np.testing.assert_allclose(ants_array, ours, atol=1e-5 * np.abs(ours).max())
+    # Points go the other way (fixed → moving), as with rcreg apply --points.
+    import pandas
+
+    points = pandas.DataFrame({"x": [0.0, 5.0], "y": [0.0, -3.0], "z": [0.0, 2.0]})
+    mapped = ants.apply_transforms_to_points(3, points, [str(out / "displacement.nii.gz")])
+    np.testing.assert_allclose(mapped[["x", "y", "z"]].to_numpy(), points.to_numpy() + saved[2], atol=1e-4)
 
 
 def test_transformix_with_displacement_field_agrees(saved, tmp_path):
