@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-if [ -x Testing/slicer/setup.sh ]; then Testing/slicer/setup.sh; fi
+Testing/slicer_module/setup.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,6 +1,6 @@
 """Render the slice-view pictures of docs/slicer.md with Slicer's own slice logic and displayable managers.
 
-Run: ``.venv/bin/python Testing/slicer/render_docs_images.py [output folder]`` (default docs/images).
+Run: ``.venv/bin/python Testing/slicer_module/render_docs_images.py [output folder]`` (default docs/images).
 The scene is the synthetic phantom pair registered through the module's logic with an analytic predictor.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine for the Slicer tests (Testing/slicer/) and the docs pictures:
+# Prepare a fresh machine for the Slicer tests (Testing/slicer_module/) and the docs pictures:
 #  - Debian libraries for offscreen OpenGL through EGL/Mesa (slice views render without an X server);
 #  - slicer-core in .venv (Slicer's MRML scene, nodes and logics without Qt). Never the unrelated PyPI
 #    package "slicer", which would overwrite slicer-core's "slicer" package.

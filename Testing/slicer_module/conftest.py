@@ -14,15 +14,7 @@ REPOSITORY = HERE.parents[1]
 MODULE_DIR = REPOSITORY / "RecursiveCascadeRegistration"
 sys.path.insert(0, str(MODULE_DIR))
 
-# slicer-core's package extends its __path__ with every "<sys.path entry>/slicer" folder
-# (pkgutil.extend_path); with Testing/ on sys.path this folder would join the package and its test
-# files would be imported as slicer submodules. Hide Testing/ while slicer is first imported.
-_savedPath = sys.path[:]
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() / "slicer" != HERE]
-try:
-    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (Testing/slicer/setup.sh)")
-finally:
-    sys.path[:] = _savedPath
+import slicer  # slicer-core (scripts/test.sh installs it); a missing install fails, never skips
 
 
 @pytest.fixture
