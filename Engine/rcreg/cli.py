@@ -18,6 +18,7 @@ COMMANDS = {
     "data": "rcreg.commands.data",
     "train": "rcreg.commands.train",
     "evaluate": "rcreg.commands.evaluate",
+    "demo": "rcreg.commands.demo",
 }
 
 
