@@ -124,6 +124,16 @@ def _as_points(points, name: str) -> np.ndarray:
     return array
 
 
+def _check_overlap(moving: sitk.Image, grid: sitk.Image, name: str) -> None:
+    """Refuse a moving image whose field of view misses the network grid (e.g. a wrong origin)."""
+    size = np.asarray(moving.GetSize())
+    corners = np.array([[size[a] - 0.5 if (c >> a) & 1 else -0.5 for a in range(3)] for c in range(8)])
+    index = np.array([grid.TransformPhysicalPointToContinuousIndex(
+        moving.TransformContinuousIndexToPhysicalPoint(c.tolist())) for c in corners])
+    if np.any(index.max(axis=0) < -0.5) or np.any(index.min(axis=0) > np.asarray(grid.GetSize()) - 0.5):
+        raise InputError(f"{name}: does not overlap the fixed image in physical space (check origins and directions)")
+
+
 def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) -> dict:
     """Dice per label (after and before registration), mean Dice and HD95 (mm) on the fixed grid."""
     target = sitk.GetArrayViewFromImage(fixed).transpose(2, 1, 0)
@@ -177,6 +187,7 @@ def register(
 
     t = time.perf_counter()
     report(0.0, "reading images")
+    moving_name = "moving image" if isinstance(moving, sitk.Image) else str(moving)
     fixed = as_image(fixed, "fixed image")
     moving = as_image(moving, "moving image")
     fixed_lab = read_label_map(fixed_labels, fixed) if fixed_labels is not None else None
@@ -192,6 +203,7 @@ def register(
 
     report(0.1, "preprocessing")
     grid = network_grid(fixed, grid_shape(resolved.card), mask_img)
+    _check_overlap(moving, grid, moving_name)
     fixed_t, _ = preprocess(fixed, resolved.card, grid)
     moving_t, _ = preprocess(moving, resolved.card, grid)
     t = stage("preprocess", t)

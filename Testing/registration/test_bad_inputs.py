@@ -115,6 +115,11 @@ def case_empty_dicom_folder(d):
     return _register(d, moving=d / "dicom"), "dicom"
 
 
+def case_no_overlap(d):
+    far = make_image([16, 14, 10], (1.2, 1.0, 2.0), np.eye(3), [500.0, 0.0, 0.0], lambda p: blobs(p, (510, 7, 10)))
+    return _register(d, moving=_write(far, d / "elsewhere.nii.gz")), "elsewhere.nii.gz"
+
+
 def case_labels_off_grid(d):
     return _register(d, **{"fixed-labels": _labels(d, "labels.nii.gz", spacing=(1.0, 1.0, 1.0))}), "labels.nii.gz"
 
@@ -199,6 +204,7 @@ CASES = {
     "infinite voxels": case_inf_voxels,
     "constant image": case_constant_image,
     "empty DICOM folder": case_empty_dicom_folder,
+    "moving image far from the fixed one (no overlap)": case_no_overlap,
     "label map not on its image's grid": case_labels_off_grid,
     "non-integer labels": case_non_integer_labels,
     "negative labels": case_negative_labels,
