@@ -6,10 +6,11 @@ import itertools
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import make_image, rotation
 from rcreg.io import InputError
-from rcreg.preprocessing import network_grid, normalize, preprocess
+from rcreg.preprocessing import network_grid, normalize, preprocess, preprocess_labels
 
 DIRECTION = rotation(0.35, -0.25, 0.6)
 
@@ -101,3 +102,23 @@ def test_preprocess_path_builds_its_own_grid(tmp_path):
     assert tensor.shape == (1, 1, 16, 16, 16)
     assert grid.GetSpacing() == pytest.approx((30 / 16,) * 3)
     assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0 and float(tensor.max()) > 0.9
+
+
+def test_preprocess_labels_takes_the_nearest_voxel():
+    moving = make_image([14, 12, 9], [2.0, 2.2, 3.0], rotation(-0.2, 0.3, 0.1), [-14, -12, -12],
+                        lambda p: (np.floor(p[..., 0] / 4) % 5 + 1) * (p[..., 2] > -4), np.uint8)
+    fixed = make_image([10, 10, 10], [2.0, 2.0, 2.0], DIRECTION, [-9, -9, -9], lambda p: p[..., 0])
+    grid = network_grid(fixed, (12, 12, 12))
+    labels = preprocess_labels(moving, grid)
+    assert labels.shape == (1, 1, 12, 12, 12) and labels.dtype == torch.int64
+    values = sitk.GetArrayFromImage(moving)
+    checked = []
+    for index in itertools.product(range(0, 12, 2), repeat=3):
+        q = np.asarray(moving.TransformPhysicalPointToContinuousIndex(grid.TransformIndexToPhysicalPoint(index)))
+        nearest = np.floor(q + 0.5).astype(int)
+        if np.all(np.abs(q - nearest) < 0.45):  # away from ties between two voxels
+            inside = np.all(nearest >= 0) and np.all(nearest < moving.GetSize())
+            expected = values[nearest[2], nearest[1], nearest[0]] if inside else 0
+            assert int(labels[0, 0][index]) == expected
+            checked.append(expected)
+    assert len(checked) > 30 and len(set(checked)) >= 4  # several labels and the outside were compared
