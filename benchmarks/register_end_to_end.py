@@ -14,6 +14,7 @@ physical, resample, metrics, write) and the peak resident memory.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import tempfile
@@ -71,6 +72,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sitk.WriteImage(synthetic(args.size, (0.9, 0.9, 1.0), rotation(0.2), (0, 0, 0)), str(tmp / "fixed.nii.gz"))
@@ -97,7 +99,8 @@ def main() -> None:
     for label, seconds in rows:
         print(f"| {label} | {seconds:.2f} |")
     print(f"| **total** | **{end - start:.2f}** |")
-    print(f"\npeak resident memory {peak:.0f} MiB; output sizes: "
+    print(f"\n1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} CPUs); peak resident memory {peak:.0f} MiB; output sizes: "
           + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in sorted(sizes.items())))
 
 
