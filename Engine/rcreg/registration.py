@@ -97,7 +97,7 @@ class RegistrationResult:
                 write_image(self.warped_labels, staging / OUTPUT_FILES["warped_labels"])
             if self.mapped_points is not None:
                 write_points(self.mapped_points, staging / OUTPUT_FILES["mapped_points"])
-            (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(self.metrics, indent=2, allow_nan=True) + "\n")
+            (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(_json_ready(self.metrics), indent=2) + "\n")
             registration_figure(self.fixed, self.moving_on_fixed, self.warped, self.displacement,
                                 staging / OUTPUT_FILES["figure"])
             if directory.exists():
@@ -112,6 +112,17 @@ class RegistrationResult:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return directory
+
+
+def _json_ready(value):
+    """``value`` with NaN/infinite floats replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _as_points(points, name: str) -> np.ndarray:

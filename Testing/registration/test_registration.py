@@ -68,6 +68,17 @@ def test_saved_files_and_geometry(saved):
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_metrics_json_is_strict_json(saved, tmp_path):
+    result = saved[5]
+    result.metrics["hd95_mm"]["9"] = float("nan")  # e.g. a label missing from one map
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    text = (result.save(tmp_path / "again") / "metrics.json").read_text()
+    assert json.loads(text, parse_constant=refuse)["hd95_mm"]["9"] is None
+
+
 def test_transform_h5_reproduces_warped(saved):
     fixed, moving, _, _, _, _, out = saved
     transform = sitk.ReadTransform(str(out / "transform.h5"))
