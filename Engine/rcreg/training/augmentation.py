@@ -55,13 +55,26 @@ def bspline_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Ten
 
     coefficients: ``(B, C, m₁, m₂, m₃)`` control values; returns ``(B, C, *shape)`` with
     ``out[..., x, y, z] = Σ_abc W₁[x, a] W₂[y, b] W₃[z, c] coefficients[..., a, b, c]``
-    (W from :func:`bspline_basis`).
+    (W from :func:`bspline_basis`), contracted one axis at a time.
     """
     if coefficients.dim() != 5 or len(shape) != 3:
         raise ValueError(f"need coefficients (B, C, m1, m2, m3) and a 3-D shape, got {tuple(coefficients.shape)}, {shape}")
-    w = [bspline_basis(n, m, dtype=coefficients.dtype).to(coefficients.device)
-         for n, m in zip(shape, coefficients.shape[2:])]
-    return torch.einsum("bcijk,xi,yj,zk->bcxyz", coefficients, *w)
+    w1, w2, w3 = [bspline_basis(n, m, dtype=coefficients.dtype).to(coefficients.device)
+                  for n, m in zip(shape, coefficients.shape[2:])]
+    batch, channels, m1 = coefficients.shape[:3]
+    out = w2 @ (coefficients @ w3.T)  # (B, C, m1, Y, Z)
+    out = w1 @ out.reshape(batch, channels, m1, -1)  # (B, C, X, Y·Z): one GEMM over the largest axis
+    return out.view(batch, channels, *shape)
+
+
+def _control_displacements(batch: int, control_points: int, amplitude: float,
+                           generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Control-point displacements ``(batch, 3, m, m, m)`` uniform in ±``amplitude`` voxels (fp32)."""
+    if amplitude < 0:
+        raise ValueError(f"amplitude must be ≥ 0 voxels, got {amplitude}")
+    coeffs = torch.rand(batch, 3, control_points, control_points, control_points,
+                        generator=generator, dtype=torch.float64)
+    return ((2.0 * coeffs - 1.0) * amplitude).float()
 
 
 def random_smooth_field(
@@ -79,12 +92,8 @@ def random_smooth_field(
     from ``[−amplitude, amplitude]`` voxels per axis, so no voxel moves more than ``amplitude``.
     Random numbers come from ``generator`` (a CPU generator; ``None`` = torch's global one).
     """
-    if amplitude < 0:
-        raise ValueError(f"amplitude must be ≥ 0 voxels, got {amplitude}")
-    coeffs = torch.rand(batch, 3, control_points, control_points, control_points,
-                        generator=generator, dtype=torch.float64)
-    field = bspline_field((2.0 * coeffs - 1.0) * amplitude, list(shape))
-    return field.to(device=device, dtype=torch.float32)
+    coeffs = _control_displacements(batch, control_points, amplitude, generator)
+    return bspline_field(coeffs.to(device), list(shape))
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -151,10 +160,10 @@ def augment_moving(
         return moving, labels
     batch, _, *shape = moving.shape
     matrix, shift = random_affine(batch, settings.rotation, settings.scaling, settings.translation, generator)
-    ffd = random_smooth_field(shape, settings.ffd_control_points, settings.ffd_amplitude, generator,
-                              batch=batch, device=moving.device)
+    coeffs = _control_displacements(batch, settings.ffd_control_points, settings.ffd_amplitude, generator)
     matrix, shift = matrix.to(moving.device), shift.to(moving.device)
-    flow = affine_flow(matrix, shift, shape) + apply_matrix(matrix, ffd)
+    # A·f(p) is the B-spline of the control displacements multiplied by A (interpolation is linear).
+    flow = affine_flow(matrix, shift, shape) + bspline_field(apply_matrix(matrix, coeffs.to(moving.device)), shape)
     warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
     return warp(moving, flow), warped_labels
 
@@ -174,7 +183,7 @@ def augment_intensity(
         out = out.clamp_min(0.0).pow(gamma.to(device).view(batch, 1, 1, 1, 1))
     if settings.bias_field > 0:
         coeffs = (torch.rand(batch, 1, 3, 3, 3, generator=generator, dtype=torch.float64) * 2 - 1) * settings.bias_field
-        out = out * torch.exp(bspline_field(coeffs, shape)).to(device=device, dtype=out.dtype)
+        out = out * torch.exp(bspline_field(coeffs.to(device=device, dtype=out.dtype), shape))
     if settings.noise > 0:
         sigma = torch.rand(batch, generator=generator) * settings.noise
         noise = torch.randn(batch, channels, *shape, generator=generator) * sigma.view(batch, 1, 1, 1, 1)
