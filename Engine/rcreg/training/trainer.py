@@ -73,6 +73,8 @@ def resolve_sources(config: TrainConfig) -> DataSources:
         atlas = ImageEntry(entries[0].image, labels, entries[0].landmarks)
     elif config.mode == "pairwise" and len(train) < 2:
         raise InputError(f"mode pairwise needs at least 2 training images, {config.train} gives {len(train)}")
+    if config.mode == "pairwise" and config.val and len(val) < 2:
+        raise InputError(f"pairwise validation needs at least 2 images, {config.val} gives {len(val)}")
     return DataSources(train, val, atlas)
 
 
