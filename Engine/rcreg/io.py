@@ -6,11 +6,12 @@ writes a temporary file beside the target and renames it, so nothing half-writte
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -201,33 +202,23 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def atomic_path(path: str | os.PathLike):
-    """Context manager yielding a temporary path beside ``path`` (same suffixes); renamed over
-    ``path`` on success, removed on failure. Missing parent folders are created."""
-    return _AtomicPath(Path(path))
-
-
-class _AtomicPath:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> Path:
-        parent = self.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.path.name, dir=parent)
-        except OSError as exc:
-            raise OSError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffixes, so writers pick the same format);
+    it is renamed over ``path`` on success and removed on failure. Missing folders are created."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.name, dir=path.parent)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:
