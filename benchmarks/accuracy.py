@@ -276,7 +276,7 @@ def elastix(case: Case) -> tuple[sitk.Image, float]:
         start = time.perf_counter()
         _, transform = itk.elastix_registration_method(fixed, moving, parameter_object=params,
                                                        log_to_console=False)
-        deformation = itk.transformix_deformation_field(moving, transform)
+        deformation = itk.transformix_deformation_field(moving, transform, output_directory=str(tmp))
         seconds = time.perf_counter() - start
         array = itk.GetArrayFromImage(deformation).astype(np.float64)  # (K, J, I, 3), LPS mm
         field = sitk.GetImageFromArray(array, isVector=True)
