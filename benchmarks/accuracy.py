@@ -191,7 +191,7 @@ CT_LABELS = {1: "body", 2: "lungs"}
 
 def build_cases(quick: bool, seed: int) -> list[Case]:
     """The benchmark's cases from the held-out sample volumes (docs/data.md)."""
-    paths = data.fetch(["colin27_t1_brain", "mni2009a_t1", "lung1_ct", "lung2_ct", "chest_ct"])
+    paths = data.fetch(subset="benchmark")
     brain_mm, ct_mm = (3.0, 4.0) if quick else (2.0, 2.5)
     colin = isotropic(sitk.ReadImage(str(paths["colin27_t1_brain"]), sitk.sitkFloat32), brain_mm)
     mni = isotropic(sitk.ReadImage(str(paths["mni2009a_t1"]), sitk.sitkFloat32), brain_mm)

@@ -235,8 +235,7 @@ SUBSETS: dict[str, tuple[str, ...]] = {
     "brain_train": ("fsl_mni152_1mm_brain", "cat12_t1_brain"),
     "chest_train": ("chest_ct", "chest_ct_labels", "lung1_ct"),
     # What benchmarks/accuracy.py evaluates on.
-    "benchmark": ("colin27_t1_brain", "colin27_aal", "mni2009a_t1", "mni2009a_gm", "mni2009a_wm",
-                  "lpba40_labels", "lung1_ct", "lung2_ct", "chest_ct", "chest_ct_labels"),
+    "benchmark": ("colin27_t1_brain", "mni2009a_t1", "lung1_ct", "lung2_ct", "chest_ct"),
     "all": tuple(CATALOGUE),
 }
 
