@@ -6,7 +6,7 @@ displacements ``u(p)`` in mm: the fixed point ``p`` maps to the moving point ``p
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,7 +50,8 @@ def _interpolate_axis(x: np.ndarray, axis: int, weights, out: Optional[np.ndarra
 
 
 def flow_to_displacement(
-    flow: torch.Tensor, grid: sitk.Image, fixed: sitk.Image, chunk: int = 16
+    flow: torch.Tensor, grid: sitk.Image, fixed: sitk.Image, chunk: int = 16,
+    translation: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> sitk.Image:
     """Resample a network flow into a physical displacement field on the fixed image's full grid.
 
@@ -62,8 +63,9 @@ def flow_to_displacement(
 
     Because the grid shares the fixed image's axes, ``q`` is a per-axis affine function of the fixed
     index, so trilinear sampling is done separably (and, being linear, after the conversion to mm on
-    the small grid), ``chunk`` fixed k-planes at a time. Returns a ``sitkVectorFloat64`` image with
-    the fixed image's geometry.
+    the small grid), ``chunk`` fixed k-planes at a time. ``translation`` (mm) is added to every
+    displacement: an initial alignment applied to the moving image before the network ran. Returns
+    a ``sitkVectorFloat64`` image with the fixed image's geometry.
     """
     flow = flow.detach().to("cpu", torch.float64)
     if flow.dim() == 5:
@@ -80,6 +82,7 @@ def flow_to_displacement(
     # mm on the network grid in SimpleITK order (z, y, x, c); then along i and j on the small grid,
     # then chunks of fixed k-planes straight into the output.
     mm = np.ascontiguousarray(np.tensordot(flow.numpy(), _index_matrix(grid), axes=([0], [1])).transpose(2, 1, 0, 3))
+    mm += np.asarray(translation, dtype=np.float64)  # interpolation weights sum to 1: the constant is kept
     coarse = _interpolate_axis(_interpolate_axis(mm, 2, weights[0]), 1, weights[1])  # (Z, J, I, 3)
     out = np.empty((size_f[2], size_f[1], size_f[0], 3), dtype=np.float64)
     i0, i1, w = weights[2]

@@ -20,7 +20,8 @@ import torch
 
 from .io import ImageLike, InputError, as_image, read_label_map, same_grid
 
-__all__ = ["network_grid", "normalize", "preprocess", "preprocess_labels", "grid_shape"]
+__all__ = ["network_grid", "normalize", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
+           "ALIGNMENTS"]
 
 
 def grid_shape(card: dict) -> tuple[int, int, int]:
@@ -89,6 +90,39 @@ def normalize(array: np.ndarray, spec: dict) -> np.ndarray:
         raise ValueError(f"unknown normalisation type {kind!r} (use 'window' or 'percentile')")
     out = (array - low) * np.float32(1.0 / (high - low))
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+ALIGNMENTS = ("none", "geometry", "mass")
+
+
+def _centre_of_mass(image: sitk.Image, spec: dict, name: str) -> np.ndarray:
+    """Physical centre of mass (LPS mm) of the normalised intensities of ``image``."""
+    weights = normalize(sitk.GetArrayViewFromImage(image), spec)  # (k, j, i)
+    total = float(weights.sum(dtype=np.float64))
+    if total <= 0:
+        raise InputError(f"{name}: no intensity inside the model's normalisation range; cannot align centres of mass")
+    index = [float((weights.sum(axis=axes, dtype=np.float64) * np.arange(weights.shape[2 - a])).sum()) / total
+             for a, axes in enumerate([(0, 1), (0, 2), (1, 2)])]
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(index))
+
+
+def initial_translation(fixed: sitk.Image, moving: sitk.Image, method: str, card: dict, name: str = "moving image") -> np.ndarray:
+    """Translation ``t`` (LPS mm) bringing the moving image over the fixed one before the network runs:
+    the fixed point ``p`` is first taken to ``p + t`` in moving space.
+
+    ``"none"``: zero (trust the images' physical coordinates); ``"geometry"``: align the centres of
+    the two fields of view; ``"mass"``: align the centres of mass of the intensities as normalised by
+    the card (as ANTs' ``[fixed,moving,0|1]`` initialisations do).
+    """
+    if method == "none":
+        return np.zeros(3)
+    if method == "geometry":
+        centre = lambda im: np.asarray(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
+        return centre(moving) - centre(fixed)
+    if method == "mass":
+        spec = card.get("normalization") or {"type": "percentile", "low": 1, "high": 99}
+        return _centre_of_mass(moving, spec, name) - _centre_of_mass(fixed, spec, "fixed image")
+    raise ValueError(f"unknown initial alignment {method!r}; choose one of {', '.join(ALIGNMENTS)}")
 
 
 def _antialias(image: sitk.Image, target_spacing: float) -> sitk.Image:

@@ -24,7 +24,7 @@ from .fields import displacement_transform, field_jacobian_determinant, flow_to_
 from .io import (ImageLike, InputError, as_image, read_label_map, read_points, write_image, write_points,
                  write_transform)
 from .models import ModelSpec, resolve_model, select_device
-from .preprocessing import grid_shape, network_grid, preprocess
+from .preprocessing import grid_shape, initial_translation, network_grid, preprocess
 
 __all__ = ["register", "RegistrationResult", "resample", "OUTPUT_FILES"]
 
@@ -59,7 +59,9 @@ class RegistrationResult:
     warped: the moving image resampled once onto the fixed grid; displacement: pull-back field (LPS
     mm, ``sitkVectorFloat64``) on the fixed grid; transform: ``DisplacementFieldTransform`` over it;
     warped_labels: moving labels (nearest neighbour) or ``None``; mapped_points: fixed points mapped
-    into moving space ``(N, 3)`` LPS mm, or ``None``; metrics: JSON-ready dictionary.
+    into moving space ``(N, 3)`` LPS mm, or ``None``; metrics: JSON-ready dictionary; fixed: the
+    fixed image; moving_on_fixed: the moving image on the fixed grid before registration (after the
+    initial alignment only), the reference of every "before" metric.
     """
 
     warped: sitk.Image
@@ -142,7 +144,8 @@ def _check_overlap(moving: sitk.Image, grid: sitk.Image, name: str) -> None:
     index = np.array([grid.TransformPhysicalPointToContinuousIndex(
         moving.TransformContinuousIndexToPhysicalPoint(c.tolist())) for c in corners])
     if np.any(index.max(axis=0) < -0.5) or np.any(index.min(axis=0) > np.asarray(grid.GetSize()) - 0.5):
-        raise InputError(f"{name}: does not overlap the fixed image in physical space (check origins and directions)")
+        raise InputError(f"{name}: does not overlap the fixed image in physical space "
+                         f"(check origins and directions, or use initial alignment 'geometry' or 'mass')")
 
 
 def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) -> dict:
@@ -176,6 +179,7 @@ def register(
     moving_points=None,
     fixed_points=None,
     mask: Optional[ImageLike] = None,
+    initial_alignment: str = "none",
     progress: Optional[Progress] = None,
 ) -> RegistrationResult:
     """Deformably register ``moving`` to ``fixed`` (paths — files or DICOM folders — or SimpleITK images).
@@ -186,7 +190,10 @@ def register(
     moving_labels / fixed_labels: label maps on their image's grid (Dice, HD95, warped labels);
     moving_points / fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays (fixed points are mapped into
     moving space; with both, the landmark error); mask: on the fixed grid, the network grid then
-    covers its bounding box. progress: ``progress(fraction, message)``.
+    covers its bounding box. initial_alignment: ``"none"`` (trust the physical coordinates),
+    ``"geometry"`` or ``"mass"`` (first translate the moving image so the centres of the fields of
+    view / of mass coincide — for images from different scanners or subjects; the translation is
+    part of the returned field). progress: ``progress(fraction, message)``.
     """
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}
@@ -214,9 +221,12 @@ def register(
 
     report(0.1, "preprocessing")
     grid = network_grid(fixed, grid_shape(resolved.card), mask_img)
-    _check_overlap(moving, grid, moving_name)
+    shift = initial_translation(fixed, moving, initial_alignment, resolved.card, moving_name)
+    start = sitk.Image(moving)  # the moving image seen at p − shift: start(p) = moving(p + shift)
+    start.SetOrigin((np.asarray(moving.GetOrigin()) - shift).tolist())
+    _check_overlap(start, grid, moving_name)
     fixed_t, _ = preprocess(fixed, resolved.card, grid)
-    moving_t, _ = preprocess(moving, resolved.card, grid)
+    moving_t, _ = preprocess(start, resolved.card, grid)
     t = stage("preprocess", t)
 
     report(0.2, f"running model {resolved.name} on {dev.type}")
@@ -225,13 +235,14 @@ def register(
     t = stage("network", t)
 
     report(0.7, "building the physical displacement field")
-    displacement = flow_to_displacement(flow, grid, fixed)
+    displacement = flow_to_displacement(flow, grid, fixed, translation=shift)
     transform = displacement_transform(displacement)
     t = stage("field", t)
 
     report(0.8, "resampling the moving image")
     warped = resample(moving, fixed, transform)
-    moving_on_fixed = resample(moving, fixed, sitk.Transform())
+    initial = sitk.TranslationTransform(3, shift.tolist())  # "before": after the initial alignment only
+    moving_on_fixed = resample(moving, fixed, initial)
     warped_labels = resample(moving_lab, fixed, transform, labels=True) if moving_lab is not None else None
     mapped = np.array([transform.TransformPoint(p.tolist()) for p in points_f]) if points_f is not None else None
     t = stage("resample", t)
@@ -245,6 +256,8 @@ def register(
         "repeat": repeat,
         "device": dev.type,
         "network_grid": {"shape": list(grid.GetSize()), "spacing_mm": grid.GetSpacing()[0]},
+        "initial_alignment": initial_alignment,
+        "initial_translation_mm": shift.tolist(),
         "correlation_before": metrics.correlation(sitk.GetArrayViewFromImage(moving_on_fixed), fixed_arr),
         "correlation_after": metrics.correlation(sitk.GetArrayViewFromImage(warped), fixed_arr),
         "folding_fraction": metrics.folding_fraction(detj),
@@ -252,11 +265,11 @@ def register(
         "jacobian_std": metrics.jacobian_std(detj),
     }
     if warped_labels is not None and fixed_lab is not None:
-        before = resample(moving_lab, fixed, sitk.Transform(), labels=True)
+        before = resample(moving_lab, fixed, initial, labels=True)
         result_metrics.update(_label_metrics(warped_labels, before, fixed_lab))
     if mapped is not None and points_m is not None:
         per_point, mean = metrics.landmark_error(mapped, points_m)
-        _, mean_before = metrics.landmark_error(points_f, points_m)
+        _, mean_before = metrics.landmark_error(points_f + shift, points_m)
         result_metrics.update(landmark_error_mm=per_point.tolist(), landmark_error_mm_mean=mean,
                               landmark_error_mm_mean_before=mean_before)
     stage("metrics", t)

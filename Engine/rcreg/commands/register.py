@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-points", help="CSV of moving landmarks (columns x,y,z, LPS mm)")
     parser.add_argument("--fixed-points", help="CSV of fixed landmarks, mapped into moving space")
     parser.add_argument("--mask", help="fixed-space mask: the network grid covers its bounding box")
+    parser.add_argument("--initial-alignment", default="none", choices=["none", "geometry", "mass"],
+                        help="first translate the moving image so the centres of the fields of view (geometry) or "
+                        "of mass coincide — for images from different scanners or subjects (default: none)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
 
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         args.moving, args.fixed, model=args.model, cascades=args.cascades, repeat=args.repeat,
         device=args.device, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels,
         moving_points=args.moving_points, fixed_points=args.fixed_points, mask=args.mask,
+        initial_alignment=args.initial_alignment,
         progress=None if args.quiet else _progress,
     )
     out = result.save(args.output_dir)
