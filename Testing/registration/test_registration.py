@@ -100,14 +100,14 @@ def test_antspyx_apply_transforms_agrees(saved, tmp_path):
     fixed, moving, _, _, _, _, out = saved
     sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
     sitk.WriteImage(moving, str(tmp_path / "moving.nii.gz"))
-    warped_ants = ants.apply_transforms(
-        fixed=ants.image_read(str(tmp_path / "fixed.nii.gz")), moving=ants.image_read(str(tmp_path / "moving.nii.gz")),
-        transformlist=[str(out / "displacement.nii.gz")], interpolator="linear",
-    )
-    ants_array = warped_ants.numpy()  # (i, j, k)
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz"))).transpose(2, 1, 0)
     assert np.abs(ours).max() > 50  # the comparison is not between two empty images
-    np.testing.assert_allclose(ants_array, ours, atol=1e-5 * np.abs(ours).max())
+    for transform in ("displacement.nii.gz", "transform.h5"):
+        warped_ants = ants.apply_transforms(
+            fixed=ants.image_read(str(tmp_path / "fixed.nii.gz")), moving=ants.image_read(str(tmp_path / "moving.nii.gz")),
+            transformlist=[str(out / transform)], interpolator="linear",
+        )
+        np.testing.assert_allclose(warped_ants.numpy(), ours, atol=1e-5 * np.abs(ours).max())  # numpy(): (i, j, k)
     # Points go the other way (fixed → moving), as with rcreg apply --points.
     import pandas
 
