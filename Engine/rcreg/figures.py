@@ -42,7 +42,9 @@ def registration_figure(
 
     Columns: fixed, moving (on the fixed grid, before registration), warped, checkerboard of fixed
     and warped, and the deformation grid — lines of the fixed grid displaced by the in-plane
-    components of the pull-back field (in voxels), drawn over the fixed slice.
+    components of the pull-back field (in voxels, the slice's mean displacement removed so a large
+    overall shift does not push the grid out of view), drawn over the fixed slice. Slices are in
+    index space; the axial row is drawn with the first rows (anterior for LPS-aligned images) on top.
     """
     import matplotlib
 
@@ -69,16 +71,19 @@ def registration_figure(
         ax = axes[row, 4]
         ax.imshow(f, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1, alpha=0.5)
         disp = _slice(field, axis) @ to_voxels.T  # (rows = b, cols = a, 3) in voxels
+        disp = disp - disp.mean(axis=(0, 1))
         rows_b, cols_a = np.indices(disp.shape[:2])
         x, y = cols_a + disp[..., a], rows_b + disp[..., b]
-        step = max(1, max(disp.shape[:2]) // grid_lines)
-        for r in range(0, disp.shape[0], step):
+        for r in range(0, disp.shape[0], max(1, disp.shape[0] // grid_lines)):
             ax.plot(x[r], y[r], color="tab:red", linewidth=0.6)
-        for c in range(0, disp.shape[1], step):
+        for c in range(0, disp.shape[1], max(1, disp.shape[1] // grid_lines)):
             ax.plot(x[:, c], y[:, c], color="tab:red", linewidth=0.6)
         ax.set_xlim(-0.5, disp.shape[1] - 0.5)
         ax.set_ylim(-0.5, disp.shape[0] - 0.5)
         ax.set_title(f"deformation grid — {title}", fontsize=9)
+        if axis == 2:
+            for panel in axes[row]:
+                panel.invert_yaxis()
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
