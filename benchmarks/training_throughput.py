@@ -5,7 +5,9 @@ Each configuration runs in a fresh subprocess: one warm-up step, then ``--steps`
 exactly as ``rcreg.training`` does them (random augmentation of the moving image, intensity
 augmentation, forward, the paper's loss, backward, Adam), batch 1, on random volumes. Peak memory is
 the subprocess's maximum resident set size (``resource.getrusage``), so each number includes the
-Python/torch baseline (reported separately as the idle row).
+Python/torch baseline (reported separately as the idle row). On a shared machine the wall-clock
+rate depends on the load (the 1-minute load average at the start of the timed steps is reported);
+the process CPU time per step divided by the thread count estimates the rate on idle cores.
 
     python benchmarks/training_throughput.py                # the table for docs/performance.md
     python benchmarks/training_throughput.py --sizes 64 --steps 2
@@ -51,19 +53,23 @@ def child(spec: dict) -> dict:
         optimizer.step()
 
     step()  # warm-up (allocations, kernel selection)
+    load = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(spec["steps"]):
         step()
     seconds = (time.perf_counter() - start) / spec["steps"]
-    return {"s_per_step": seconds, "it_per_hour": 3600.0 / seconds,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime) / spec["steps"]
+    return {"s_per_step": seconds, "it_per_hour": 3600.0 / seconds, "cpu_s_per_step": cpu, "load": load,
+            "maxrss_mb": end.ru_maxrss / 1024}
 
 
 def run(spec: dict) -> dict:
     """Run ``spec`` in a fresh interpreter (so peak memory is its own)."""
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"benchmark child failed: {out.stderr.strip().splitlines()[-1]}")
+        return {"error": out.stderr.strip().splitlines()[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -83,15 +89,21 @@ def main() -> None:
     idle = run(dict(base, idle=True))["maxrss_mb"]
     print(f"CPU: {os.cpu_count()} logical cores visible, {args.threads} torch threads; "
           f"{args.steps} timed steps after 1 warm-up; batch 1; idle process {idle:.0f} MB\n")
-    print("| grid | width | precision | checkpointing | s/step | it/h | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| grid | width | precision | checkpointing | s/step (wall) | it/h (wall) | CPU s/step | "
+          "it/h at CPU time / threads | load avg | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         rows = [(label, width, bf16, cl, False) for label, width, bf16, cl in variants]
         rows.append(("fp32", 1.0, False, False, True))
         for label, width, bf16, cl, ckpt in rows:
             r = run(dict(base, size=size, width=width, bf16=bf16, channels_last=cl, checkpointing=ckpt))
-            print(f"| {size}³ | {width:g} | {label} | {'yes' if ckpt else 'no'} | {r['s_per_step']:.2f} | "
-                  f"{r['it_per_hour']:,.0f} | {r['maxrss_mb']:,.0f} |", flush=True)
+            head = f"| {size}³ | {width:g} | {label} | {'yes' if ckpt else 'no'} |"
+            if "error" in r:
+                print(f"{head} failed: {r['error'][:120]} ||||||", flush=True)
+                continue
+            print(f"{head} {r['s_per_step']:.2f} | {r['it_per_hour']:,.0f} | {r['cpu_s_per_step']:.2f} | "
+                  f"{3600 * args.threads / r['cpu_s_per_step']:,.0f} | {r['load']:.1f} | {r['maxrss_mb']:,.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

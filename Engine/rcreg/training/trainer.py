@@ -224,6 +224,9 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         out = self.net(fixed, moving)
+        if not torch.isfinite(out.flow).all():
+            raise RuntimeError(f"non-finite flow at step {self.step + 1} (diverged, or a reduced-precision kernel "
+                               f"failed: try a lower --lr or no --amp/--channels-last); resume from {self.last_path}")
         warped_labels = fixed_labels = None
         if config.dice_weight > 0:
             warped_labels = warp(_one_hot(moving_labels, self.label_values), out.flow)
