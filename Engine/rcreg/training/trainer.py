@@ -149,7 +149,7 @@ class _Run:
         self.last_path = self.output / "last.pt"
         self.best_path = self.output / "best.pt"
         self.export_path = Path(config.export) if config.export else self.output / "model_fp16.pt"
-        if ctx.is_main and not config.resume and self.last_path.exists():
+        if not config.resume and self.last_path.exists():  # every rank checks, so all stop together
             raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
         if config.resume and not self.last_path.is_file():
             raise ConfigError(f"cannot resume: {self.last_path} not found")
