@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import blobs, make_image, rotation  # noqa: E402
+from volumes import blobs, make_image, rotation  # noqa: E402
 from rcreg import RecursiveCascadeNetwork, save_checkpoint  # noqa: E402
 from rcreg.cli import main  # noqa: E402
 

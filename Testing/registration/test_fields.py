@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_image, rotation, voxel_centres
+from volumes import make_image, rotation, voxel_centres
 from rcreg.fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
 from rcreg.preprocessing import network_grid
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, rotation
+from volumes import make_image, rotation
 from rcreg.io import InputError, read_image, read_label_map, read_points, read_transform, write_image, write_points
 
 DIRECTION = rotation(0.2, -0.4, 0.7)

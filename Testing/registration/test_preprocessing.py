@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_image, rotation
+from volumes import make_image, rotation
 from rcreg.io import InputError
 from rcreg.preprocessing import network_grid, normalize, preprocess, preprocess_labels
 

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ball, make_image, rotation, voxel_centres
+from volumes import ball, make_image, rotation, voxel_centres
 from rcreg import RecursiveCascadeNetwork, register, save_checkpoint
 from rcreg.cli import main
 from rcreg.io import read_points, write_points
