@@ -21,9 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import data
 
     paths = data.fetch([MOVING, MOVING_LABELS, FIXED])
-    registration = argparse.Namespace(
-        moving=str(paths[MOVING]), fixed=str(paths[FIXED]), output_dir=args.output_dir, model=args.model,
-        cascades=None, repeat=args.repeat, moving_labels=str(paths[MOVING_LABELS]), fixed_labels=None,
-        moving_points=None, fixed_points=None, mask=None, device=args.device, quiet=False,
-    )
+    parser = argparse.ArgumentParser(prog="rcreg demo")
+    register_command.add_arguments(parser)  # the register command's own defaults apply
+    registration = parser.parse_args([
+        "--moving", str(paths[MOVING]), "--moving-labels", str(paths[MOVING_LABELS]), "--fixed", str(paths[FIXED]),
+        "--output-dir", args.output_dir, "--model", args.model, "--repeat", str(args.repeat), "--device", args.device,
+    ])
     return register_command.run(registration)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         args.moving, args.fixed, model=args.model, cascades=args.cascades, repeat=args.repeat,
         device=args.device, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels,
         moving_points=args.moving_points, fixed_points=args.fixed_points, mask=args.mask,
-        initial_alignment=getattr(args, "initial_alignment", "none"),  # rcreg demo builds its own namespace
+        initial_alignment=args.initial_alignment,
         progress=None if args.quiet else _progress,
     )
     out = result.save(args.output_dir)
