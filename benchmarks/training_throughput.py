@@ -3,7 +3,7 @@
 
 Each configuration runs in a fresh subprocess: one warm-up step, then ``--steps`` timed training steps
 exactly as ``rcreg.training`` does them (random augmentation of the moving image, intensity
-augmentation, forward, the paper's loss, backward, Adam), batch 1, on random volumes. Peak memory is
+augmentation, forward, the paper's loss, backward, the trainer's fused Adam), batch 1, on random volumes. Peak memory is
 the subprocess's maximum resident set size (``resource.getrusage``), so each number includes the
 Python/torch baseline (reported separately as the idle row). On a shared machine the wall-clock
 rate depends on the load (the 1-minute load average at the start of the timed steps is reported);
@@ -33,12 +33,13 @@ def child(spec: dict) -> dict:
     from rcreg.cascade import RecursiveCascadeNetwork
     from rcreg.losses import RegistrationLoss
     from rcreg.training.augmentation import AugmentationSettings, augment_intensity, augment_moving
+    from rcreg.training.trainer import make_optimizer
 
     torch.manual_seed(0)
     n = spec["size"]
     model = RecursiveCascadeNetwork("vtn", 3, True, spec["width"], checkpoint=spec["checkpointing"],
                                     amp=spec["bf16"], channels_last=spec["channels_last"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model.parameters(), 1e-4)
     loss = RegistrationLoss()
     settings = AugmentationSettings()
     generator = torch.Generator().manual_seed(0)
