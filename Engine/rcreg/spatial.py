@@ -119,7 +119,10 @@ def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
 
     flow: ``(B, 3, X, Y, Z)`` in voxels; returns ``(B, X, Y, Z)``. Values ≤ 0 mark folding.
     """
-    grads = [torch.gradient(flow, dim=d)[0] for d in (2, 3, 4)]  # each (B, 3, X, Y, Z): ∂u/∂x_d
-    jac = torch.stack(grads, dim=2)  # (B, 3 [component], 3 [derivative axis], X, Y, Z)
-    jac = jac + torch.eye(3, device=flow.device, dtype=flow.dtype).view(1, 3, 3, 1, 1, 1)
-    return torch.linalg.det(jac.permute(0, 3, 4, 5, 1, 2))
+    # j[c][d] = δ_cd + ∂u_c/∂x_d, each (B, X, Y, Z); the 3×3 determinant is expanded in closed form
+    # (several times faster than torch.linalg.det on millions of tiny matrices).
+    grads = [torch.gradient(flow, dim=d)[0] for d in (2, 3, 4)]
+    j = [[grads[d][:, c] + (1.0 if c == d else 0.0) for d in range(3)] for c in range(3)]
+    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
