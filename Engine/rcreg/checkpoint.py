@@ -13,13 +13,13 @@ Nothing in it needs pickle code execution, so it is always read with ``torch.loa
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from .cascade import RecursiveCascadeNetwork
+from .io import atomic_path
 
 FORMAT = "rcreg"
 VERSION = 1
@@ -30,20 +30,13 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_checkpoint(

@@ -21,7 +21,7 @@ import torch
 
 from . import metrics
 from .fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
-from .io import (ImageLike, InputError, as_image, read_label_map, read_points, write_image, write_points,
+from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, read_points, write_image, write_points,
                  write_transform)
 from .models import ModelSpec, resolve_model, select_device
 from .preprocessing import grid_shape, initial_translation, network_grid, preprocess
@@ -86,6 +86,7 @@ class RegistrationResult:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+            staging.chmod(public_mode(directory=True))  # mkdtemp creates 0700
         except (FileExistsError, NotADirectoryError):
             raise OSError(f"{directory}: cannot create output folder (a parent path is a file)") from None
         except OSError as exc:

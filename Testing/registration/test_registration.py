@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -208,6 +210,11 @@ def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, ca
     assert main(argv) == 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert names == {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "metrics.json", "figure.png"}
+    # Outputs get the permissions a plain open()/mkdir() would give (temp files start as 0600/0700).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE((tmp_path / "out" / n).stat().st_mode) for n in names} == {0o666 & ~umask}
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["model"] == "random" and set(metrics["timings_s"]) >= {"read", "preprocess", "network", "field", "resample"}
     stderr = capsys.readouterr().err
