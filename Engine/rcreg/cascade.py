@@ -67,6 +67,7 @@ class RecursiveCascadeNetwork(nn.Module):
         return len(self.cascades)
 
     def _run(self, net: nn.Module, fixed: torch.Tensor, moving: torch.Tensor):
+        """One network on (fixed, moving), under bf16 autocast if ``amp``; outputs in fp32."""
         x = torch.cat([fixed, moving], dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -76,13 +77,28 @@ class RecursiveCascadeNetwork(nn.Module):
             else contextlib.nullcontext()
         )
         with autocast:
-            if self.checkpoint and torch.is_grad_enabled():
-                out = checkpoint(net, x, use_reentrant=False)
-            else:
-                out = net(x)
+            out = net(x)
         if isinstance(out, tuple):
             return tuple(o.float() for o in out)
         return out.float()
+
+    def _step(self, net: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, flow: torch.Tensor,
+              matrix: Optional[torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One deformable cascade: its own flow f on (fixed, moving∘flow) and the composed flow.
+
+        After the affine cascade (``matrix`` given) the composition is the exact ``u = a + A f`` (the
+        linear affine field is never interpolated, so no border clamping); later ``u = compose(u, f)``.
+        """
+        f = self._run(net, fixed, warp(moving, flow)) * scale
+        return f, (flow + apply_matrix(matrix, f) if matrix is not None else compose(flow, f))
+
+    def _call(self, fn: Callable, *args):
+        """``fn(*args)``, recomputed in the backward pass when ``checkpoint`` is on (only its inputs
+        and outputs are kept: for a cascade step, the flows — not the network's activations, the
+        warped image or the sampling grids)."""
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def forward(
         self,
@@ -105,12 +121,10 @@ class RecursiveCascadeNetwork(nn.Module):
         total = (self.affine is not None) + len(nets) * repeat
         done = 0
         flow = torch.zeros(fixed.shape[0], 3, *shape, device=fixed.device)
-        warped = moving.float()
         affine = None
         if self.affine is not None:
-            affine = self._run(self.affine, fixed, moving)
+            affine = self._call(self._run, self.affine, fixed, moving)
             flow = affine_flow(*affine, shape)
-            warped = warp(moving, flow)
             done += 1
             if callback:
                 callback(done, total)
@@ -118,15 +132,10 @@ class RecursiveCascadeNetwork(nn.Module):
         scale = 1.0 / max(self.n_cascades, 1)
         for net in nets:
             for _ in range(repeat):
-                f = self._run(net, fixed, warped) * scale
-                if affine is not None and not stage_flows:
-                    # Exact for the linear affine field (no border clamping): u = a + A f.
-                    flow = flow + apply_matrix(affine[0], f)
-                else:
-                    flow = compose(flow, f)
+                matrix = affine[0] if affine is not None and not stage_flows else None
+                f, flow = self._call(self._step, net, fixed, moving, flow, matrix, scale)
                 stage_flows.append(f)
-                warped = warp(moving, flow)
                 done += 1
                 if callback:
                     callback(done, total)
-        return CascadeOutput(flow=flow, warped=warped, stage_flows=stage_flows, affine=affine)
+        return CascadeOutput(flow=flow, warped=warp(moving, flow), stage_flows=stage_flows, affine=affine)
