@@ -167,6 +167,15 @@ def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) ->
     }
 
 
+def image_modality(image: sitk.Image) -> Optional[str]:
+    """The DICOM modality tag if the image has one; else ``"CT"`` when its 1st-percentile intensity is
+    below −500 (air in Hounsfield units; MR intensities are not that negative); else ``None``."""
+    if image.HasMetaDataKey("0008|0060"):
+        return image.GetMetaData("0008|0060").strip() or None
+    values = sitk.GetArrayViewFromImage(image)
+    return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else None
+
+
 def register(
     moving: ImageLike,
     fixed: ImageLike,
@@ -186,7 +195,7 @@ def register(
     """Deformably register ``moving`` to ``fixed`` (paths — files or DICOM folders — or SimpleITK images).
 
     model: see :func:`rcreg.models.resolve_model` (default: the installed model for the fixed
-    image's DICOM modality, else the only/default one). cascades: use only the first k deformable
+    image's modality — see :func:`image_modality` —, else the only/default one). cascades: use only the first k deformable
     cascades; repeat: test-time shared-weight repeats; device: ``"auto"``, ``"cpu"``, ``"cuda"``.
     moving_labels / fixed_labels: label maps on their image's grid (Dice, HD95, warped labels);
     moving_points / fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays (fixed points are mapped into
@@ -216,7 +225,7 @@ def register(
     points_m = _as_points(moving_points, "moving points") if moving_points is not None else None
     if points_f is not None and points_m is not None and points_f.shape != points_m.shape:
         raise InputError(f"fixed and moving points differ in number: {len(points_f)} vs {len(points_m)}")
-    resolved = resolve_model(model, modality=fixed.GetMetaData("0008|0060") if fixed.HasMetaDataKey("0008|0060") else None)
+    resolved = resolve_model(model, modality=image_modality(fixed))
     dev = select_device(device)
     t = stage("read", t)
 

@@ -34,6 +34,25 @@ def test_list_and_choose_installed_models(installed, capsys):
     assert "mr-small:" in capsys.readouterr().out
 
 
+def test_default_model_follows_the_fixed_image_modality(installed):
+    """Without --model, a CT-like fixed image (air at −1000 HU) picks the CT model; a DICOM tag wins."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rcreg.registration import image_modality
+
+    ct = np.full((12, 12, 12), -1000.0, dtype=np.float32)
+    ct[3:9, 3:9, 3:9] = 40.0
+    mr = np.abs(np.random.default_rng(0).normal(300.0, 80.0, (12, 12, 12))).astype(np.float32)
+    assert image_modality(sitk.GetImageFromArray(ct)) == "CT"
+    assert image_modality(sitk.GetImageFromArray(mr)) is None
+    tagged = sitk.GetImageFromArray(mr)
+    tagged.SetMetaData("0008|0060", "MR")
+    assert image_modality(tagged) == "MR"
+    assert resolve_model(None, modality=image_modality(sitk.GetImageFromArray(ct))).name == "ct-small"
+    assert resolve_model(None, modality=image_modality(tagged)).name == "mr-small"
+
+
 def test_no_model_installed(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
     with pytest.raises(ValueError, match="no registration model is installed"):
