@@ -287,7 +287,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     ras_comment = False
     rows = []
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             lines = []
             for line in fh:
                 if line.startswith("#"):

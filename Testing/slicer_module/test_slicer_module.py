@@ -36,7 +36,7 @@ def test_module_imports_without_qt(module):
 
 
 def test_every_ui_name_used_by_the_code_exists_in_the_ui_file():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert {"applyButton", "cancelButton", "modelComboBox", "metricsTableWidget"} <= used  # the regex sees them
     missing = used - set(uiWidgets())
     assert not missing, f"names used as self.ui.<name> but absent from {UI_FILE.name}: {sorted(missing)}"
@@ -66,12 +66,12 @@ def test_node_selectors_offer_the_annotated_node_class(module):
 
 
 def test_cmake_ships_every_python_file_and_resource():
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     shipped = {path.relative_to(MODULE_DIR).as_posix().replace("RecursiveCascadeRegistration", "${MODULE_NAME}")
                for pattern in ("*.py", "RecursiveCascadeRegistrationLib/*.py", "Resources/*/*") for path in MODULE_DIR.glob(pattern)}
     missing = {name for name in shipped if name not in cmake}
     assert not missing, f"not listed in {MODULE_DIR.name}/CMakeLists.txt: {sorted(missing)}"
-    top = (REPOSITORY / "CMakeLists.txt").read_text()
+    top = (REPOSITORY / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r'EXTENSION_CATEGORY\s+"Registration"', top)
     assert re.search(r'EXTENSION_DEPENDS\s+"PyTorch"', top)
     assert "add_subdirectory(RecursiveCascadeRegistration)" in top

@@ -50,5 +50,5 @@ def test_evaluate_identity_model_gives_unregistered_scores(shifted_pair, tmp_pat
         assert float(row["hd95"]) > 0 and float(row["time_s"]) > 0
     with open(out / "labels.csv", newline="") as fh:
         assert {r["label"] for r in csv.DictReader(fh)} == {"1", "2", "3"}
-    summary = json.loads((out / "summary.json").read_text())["summary"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))["summary"]
     assert summary["r=2"]["dice"]["n"] == 1 and summary["r=1"]["landmark_error"]["mean"] == pytest.approx(6.0, abs=1e-3)

@@ -85,11 +85,11 @@ def _records(source: Path) -> list[dict]:
     """Rows of a CSV file (with a header) or entries of a JSON list, as dictionaries."""
     try:
         if source.suffix.lower() == ".csv":
-            with open(source, newline="") as fh:
+            with open(source, newline="", encoding="utf-8") as fh:
                 rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
                         for row in csv.DictReader(line for line in fh if not line.startswith("#"))]
         else:
-            data = json.loads(source.read_text())
+            data = json.loads(source.read_text(encoding="utf-8"))
             if isinstance(data, dict):
                 data = data.get("pairs", data.get("images"))
             if not isinstance(data, list):

@@ -42,10 +42,10 @@ class TrainingLog:
 
     @staticmethod
     def _truncate(path: Path, step: int) -> None:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
         keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-        with open(path, "w", newline="") as fh:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows(keep)
 
     def scalars(self, kind: str, step: int, values: dict[str, float]) -> None:
@@ -53,13 +53,13 @@ class TrainingLog:
         path = self.folder / f"{kind}_log.csv"
         if kind not in self._fields:
             if path.is_file() and path.stat().st_size:
-                with open(path, newline="") as fh:
+                with open(path, newline="", encoding="utf-8") as fh:
                     self._fields[kind] = next(csv.reader(fh))
             else:
                 self._fields[kind] = ["step", *values]
-                with open(path, "w", newline="") as fh:
+                with open(path, "w", newline="", encoding="utf-8") as fh:
                     csv.writer(fh).writerow(self._fields[kind])
-        with open(path, "a", newline="") as fh:
+        with open(path, "a", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow([step, *(f"{values.get(k, float('nan')):.6g}" for k in self._fields[kind][1:])])
         if self.writer is not None:
             for name, value in values.items():

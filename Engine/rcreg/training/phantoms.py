@@ -66,6 +66,6 @@ def write_phantoms(folder: str | os.PathLike, count: int, shape: Sequence[int] =
         write_image(_to_sitk(labels.numpy().astype(np.uint8), spacing), folder / f"{stem}_labels.nii.gz")
         rows.append([f"{stem}.nii.gz", f"{stem}_labels.nii.gz"])
     listing = folder / "phantoms.csv"
-    with open(listing, "w", newline="") as fh:
+    with open(listing, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["image", "labels"], *rows])
     return listing
