@@ -120,14 +120,19 @@ class RecursiveCascadeNetwork(nn.Module):
         nets = self.cascades[:cascades] if cascades is not None else self.cascades
         total = (self.affine is not None) + len(nets) * repeat
         done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if callback:
+                callback(done, total)
+
         flow = torch.zeros(fixed.shape[0], 3, *shape, device=fixed.device)
         affine = None
         if self.affine is not None:
             affine = self._call(self._run, self.affine, fixed, moving)
             flow = affine_flow(*affine, shape)
-            done += 1
-            if callback:
-                callback(done, total)
+            tick()
         stage_flows = []
         scale = 1.0 / max(self.n_cascades, 1)
         for net in nets:
@@ -135,7 +140,5 @@ class RecursiveCascadeNetwork(nn.Module):
                 matrix = affine[0] if affine is not None and not stage_flows else None
                 f, flow = self._call(self._step, net, fixed, moving, flow, matrix, scale)
                 stage_flows.append(f)
-                done += 1
-                if callback:
-                    callback(done, total)
+                tick()
         return CascadeOutput(flow=flow, warped=warp(moving, flow), stage_flows=stage_flows, affine=affine)

@@ -37,10 +37,12 @@ def centered_grid(shape: Sequence[int], *, device=None, dtype=torch.float32) -> 
 
 @functools.lru_cache(maxsize=8)
 def _normalized_identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Identity grid in ``grid_sample``'s normalised coordinates, flattened: ``(X·Y·Z, 3)`` ordered (W, H, D)."""
+    """Identity grid in ``grid_sample``'s normalised coordinates: ``(1, X, Y, Z, 3)`` ordered (W, H, D).
+
+    Built outside inference mode so the cached tensor may also serve autograd graphs."""
     with torch.inference_mode(False), torch.no_grad():
         axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in shape]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).reshape(-1, 3)
+        return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
 
 
 def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     if min(shape) < 2:
         raise ValueError(f"warping needs at least 2 voxels along every axis, got grid {tuple(shape)}")
     scale = torch.tensor([2.0 / (n - 1) for n in reversed(shape)], device=flow.device, dtype=flow.dtype)
-    base = _normalized_identity(tuple(shape), flow.device, flow.dtype).view(1, *shape, 3)
+    base = _normalized_identity(tuple(shape), flow.device, flow.dtype)
     return torch.addcmul(base, flow.flip(1).permute(0, 2, 3, 4, 1), scale)
 
 
