@@ -32,7 +32,7 @@ def child(spec: dict) -> dict:
         return {"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     from rcreg.cascade import RecursiveCascadeNetwork
     from rcreg.losses import RegistrationLoss
-    from rcreg.training.augmentation import AugmentationSettings, augment_intensity, augment_moving
+    from rcreg.training.augmentation import AugmentationSettings, augment_intensity, augment_spatial
     from rcreg.training.trainer import make_optimizer
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def child(spec: dict) -> dict:
     fixed, moving = torch.rand(2, 1, 1, n, n, n)
 
     def step() -> None:
-        m, _ = augment_moving(moving, None, settings, generator)
+        m, _ = augment_spatial(moving, None, settings, generator)
         f = augment_intensity(fixed, settings, generator)
         total, _ = loss(model(f, augment_intensity(m, settings, generator)), f)
         optimizer.zero_grad(set_to_none=True)

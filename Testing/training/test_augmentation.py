@@ -8,7 +8,7 @@ import torch
 from scipy.interpolate import BSpline
 
 from rcreg.spatial import jacobian_determinant
-from rcreg.training.augmentation import (AugmentationSettings, augment_intensity, augment_moving, bspline_basis,
+from rcreg.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial, bspline_basis,
                                          random_affine, random_smooth_field)
 
 
@@ -50,26 +50,26 @@ def test_random_affine_ranges():
     torch.testing.assert_close(rigid.double().transpose(1, 2) @ rigid.double(), eye, atol=1e-6, rtol=0)
 
 
-def test_augment_moving_pure_translation_shifts_indices(monkeypatch):
+def test_augment_spatial_pure_translation_shifts_indices(monkeypatch):
     """With only a fixed translation, warped[i] = moving[i + t] (checked by slicing, away from the border)."""
     settings = AugmentationSettings(ffd_amplitude=0.0, rotation=0.0, scaling=0.0, translation=1.0)
     monkeypatch.setattr("rcreg.training.augmentation.random_affine",
                         lambda b, *a, **k: (torch.eye(3).expand(b, 3, 3), torch.tensor([[2.0, -1.0, 3.0]]).expand(b, 3)))
     moving = torch.rand(1, 1, 12, 10, 14)
     labels = torch.randint(0, 4, (1, 1, 12, 10, 14))
-    warped, warped_labels = augment_moving(moving, labels, settings, torch.Generator().manual_seed(0))
+    warped, warped_labels = augment_spatial(moving, labels, settings, torch.Generator().manual_seed(0))
     torch.testing.assert_close(warped[0, 0, :-2, 1:, :-3], moving[0, 0, 2:, :-1, 3:], atol=1e-5, rtol=0)
     assert torch.equal(warped_labels[0, 0, :-2, 1:, :-3], labels[0, 0, 2:, :-1, 3:])
 
 
-def test_augment_moving_keeps_labels_integer_and_off_is_identity():
+def test_augment_spatial_keeps_labels_integer_and_off_is_identity():
     moving = torch.rand(2, 1, 16, 16, 16)
     labels = torch.randint(0, 3, (2, 1, 16, 16, 16))
-    warped, warped_labels = augment_moving(moving, labels, AugmentationSettings(), torch.Generator().manual_seed(1))
+    warped, warped_labels = augment_spatial(moving, labels, AugmentationSettings(), torch.Generator().manual_seed(1))
     assert warped.shape == moving.shape and not torch.allclose(warped, moving)
     assert warped_labels.dtype == labels.dtype and set(warped_labels.unique().tolist()) <= {0, 1, 2}
     off = AugmentationSettings(ffd_amplitude=0, rotation=0, scaling=0, translation=0)
-    same, same_labels = augment_moving(moving, labels, off)
+    same, same_labels = augment_spatial(moving, labels, off)
     assert same is moving and same_labels is labels
 
 

@@ -163,3 +163,63 @@ def test_dice_supervision_needs_labels(tiny_config, tmp_path, phantom_list):
     unlabelled.write_text("image\n" + "\n".join(str(phantom_list.parent / f"phantom0{i}.nii.gz") for i in range(3)))
     with pytest.raises(ValueError, match="Dice supervision needs label maps"):
         train(tiny_config(train=str(unlabelled), dice_weight=1.0))
+
+
+def test_init_starts_from_the_checkpoint_weights(tiny_config, tmp_path):
+    first = train(tiny_config(output=str(tmp_path / "first"), iterations=3))
+    start = {k: v.clone() for k, v in first.model.state_dict().items()}
+    # lr 1e-12: Adam moves each weight by about 1e-12 per step, so the fine-tuned weights stay the initial ones.
+    tuned = train(tiny_config(output=str(tmp_path / "tuned"), init=str(first.last), iterations=2, lr=1e-12,
+                              lr_steps=[])).model.state_dict()
+    fresh = train(tiny_config(output=str(tmp_path / "fresh"), iterations=2, lr=1e-12, lr_steps=[], seed=5)).model
+    for name, value in start.items():
+        torch.testing.assert_close(tuned[name], value, atol=1e-9, rtol=0, msg=name)
+    assert any(not torch.allclose(fresh.state_dict()[k], v) for k, v in start.items() if v.is_floating_point())
+    card = load_checkpoint(tmp_path / "tuned" / "last.pt")["card"]
+    assert card["training"]["iterations"] == 2 and card["training"]["config"]["init"] == str(first.last)
+
+
+def test_init_with_another_architecture_or_missing_file_fails_before_training(tiny_config, phantom_list, tmp_path,
+                                                                              capsys):
+    first = train(tiny_config(output=str(tmp_path / "first"), iterations=1, cascades=1))
+    output = tmp_path / "other"
+    with pytest.raises(ValueError, match="init .*last.pt"):
+        train(tiny_config(output=str(output), init=str(first.last), cascades=2))
+    assert not (output / "last.pt").exists()
+    assert main(["train", "--train", str(phantom_list), "--init", str(tmp_path / "none.pt"), "--output", str(output)]) == 1
+    assert "none.pt" in capsys.readouterr().err
+
+
+def test_yaml_init_names_an_installed_model_or_a_file_next_to_the_config(tmp_path):
+    from rcreg.training.config import load_config
+    (tmp_path / "mine.pt").write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text("init: brain_mr_t1\n", encoding="utf-8")
+    assert load_config(config)["init"] == "brain_mr_t1"
+    config.write_text("init: mine.pt\n", encoding="utf-8")
+    assert load_config(config)["init"] == str(tmp_path / "mine.pt")
+
+
+@pytest.mark.parametrize("augment_fixed", [False, True])
+def test_augment_fixed_deforms_the_fixed_image_only_when_asked(tiny_config, monkeypatch, augment_fixed):
+    import rcreg.training.trainer as trainer
+    from rcreg.training.datasets import TrainingPairs
+
+    sampled, network_inputs = [], []
+    real_sample, real_forward = TrainingPairs.sample, trainer.RecursiveCascadeNetwork.forward
+
+    def sample(self, *args, **kwargs):
+        batch = real_sample(self, *args, **kwargs)
+        sampled.append(batch.fixed.clone())
+        return batch
+
+    def forward(self, fixed, moving, *args, **kwargs):
+        network_inputs.append(fixed.detach().clone())
+        return real_forward(self, fixed, moving, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingPairs, "sample", sample)
+    monkeypatch.setattr(trainer.RecursiveCascadeNetwork, "forward", forward)
+    train(tiny_config(iterations=1, val=None, augment_fixed=augment_fixed, gamma=0, bias_field=0, noise=0))
+    assert len(sampled) == len(network_inputs) == 1
+    # No intensity augmentation here, so without augment_fixed the network sees the sampled fixed image.
+    assert torch.allclose(network_inputs[0], sampled[0].clamp(0, 1)) != augment_fixed

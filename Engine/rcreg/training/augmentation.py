@@ -1,6 +1,6 @@
 """Random spatial and intensity augmentation of registration pairs on the network grid.
 
-Spatial fields are pull-back voxel flows ``(B, 3, X, Y, Z)`` (docs/conventions.md); the moving image
+Spatial fields are pull-back voxel flows ``(B, 3, X, Y, Z)`` (docs/conventions.md); a deformed image
 is resampled once through the composition of a random affine map and a random smooth free-form
 deformation (a cubic B-spline control grid, as in the paper's 5×5×5 augmentation). All randomness is
 drawn from an explicit :class:`torch.Generator` (on the CPU) so a training step is reproducible.
@@ -21,7 +21,7 @@ __all__ = [
     "random_smooth_field",
     "random_affine",
     "AugmentationSettings",
-    "augment_moving",
+    "augment_spatial",
     "augment_intensity",
 ]
 
@@ -145,27 +145,30 @@ class AugmentationSettings:
         return any(v > 0 for v in (self.ffd_amplitude, self.rotation, self.scaling, self.translation))
 
 
-def augment_moving(
-    moving: torch.Tensor,
+def augment_spatial(
+    image: torch.Tensor,
     labels: Optional[torch.Tensor],
     settings: AugmentationSettings,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Deform the moving image ``(B, 1, X, Y, Z)`` (and its integer label map, nearest neighbour).
+    """Deform images ``(B, 1, X, Y, Z)`` (and their integer label maps, nearest neighbour) by a random field.
+
+    Used for the moving image (the paper's augmentation) and, with the training option ``augment_fixed``,
+    independently for the fixed image too.
 
     The pull-back field is ``u(p) = A(p + f(p)) + b − p`` (centred coordinates): the smooth field f
     followed by the random affine map, so the image is resampled once.
     """
     if not settings.spatial:
-        return moving, labels
-    batch, _, *shape = moving.shape
+        return image, labels
+    batch, _, *shape = image.shape
     matrix, shift = random_affine(batch, settings.rotation, settings.scaling, settings.translation, generator)
     coeffs = _control_displacements(batch, settings.ffd_control_points, settings.ffd_amplitude, generator)
-    matrix, shift = matrix.to(moving.device), shift.to(moving.device)
+    matrix, shift = matrix.to(image.device), shift.to(image.device)
     # A·f(p) is the B-spline of the control displacements multiplied by A (interpolation is linear).
-    flow = affine_flow(matrix, shift, shape) + bspline_field(apply_matrix(matrix, coeffs.to(moving.device)), shape)
+    flow = affine_flow(matrix, shift, shape) + bspline_field(apply_matrix(matrix, coeffs.to(image.device)), shape)
     warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
-    return warp(moving, flow), warped_labels
+    return warp(image, flow), warped_labels
 
 
 def augment_intensity(

@@ -71,6 +71,9 @@ class TrainConfig:
     rotation: float = _opt(10.0, "random rotation about each axis, ± degrees", "augmentation")
     scaling: float = _opt(0.1, "random per-axis scaling within [1/(1+s), 1+s]", "augmentation")
     translation: float = _opt(4.0, "random translation, ± voxels", "augmentation")
+    augment_fixed: bool = _opt(False, "deform the fixed image too (its own random affine + B-spline field): with few "
+                                      "training subjects the network otherwise sees only a handful of fixed images "
+                                      "and memorises them", "augmentation")
     gamma: float = _opt(0.3, "random gamma exp(U(−g, g)) on both images", "augmentation")
     bias_field: float = _opt(0.3, "random smooth multiplicative bias field exp(±b) on both images", "augmentation")
     noise: float = _opt(0.02, "Gaussian noise with standard deviation up to this (intensities in [0, 1])", "augmentation")
@@ -97,6 +100,8 @@ class TrainConfig:
     progress: bool = _opt(True, "tqdm progress bar", "output")
     export: Optional[str] = _opt(None, "compact fp16 inference file for `rcreg register --model` (default: "
                                        "OUTPUT/model_fp16.pt)", "output")
+    init: Optional[str] = _opt(None, "start from the weights of this checkpoint (same architecture; a fresh optimiser, "
+                                     "schedule and step count): fine-tuning", "output")
     resume: bool = _opt(False, "continue from OUTPUT/last.pt exactly (weights, optimiser, schedule, RNG, step)", "output")
 
     def to_dict(self) -> dict:
@@ -141,10 +146,11 @@ def load_config(path: str | Path) -> dict:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    for key in ("train", "val", "atlas", "atlas_labels", "cache"):
+    for key in ("train", "val", "atlas", "atlas_labels", "cache", "init"):
         value = data.get(key)
         if isinstance(value, str) and ":" not in value[:8] and not Path(value).expanduser().is_absolute():
-            data[key] = str(path.parent / value)
+            if key != "init" or (path.parent / value).is_file():  # init may also name an installed model
+                data[key] = str(path.parent / value)
     return data
 
 

@@ -24,9 +24,10 @@ from ..cascade import RecursiveCascadeNetwork
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..io import InputError
 from ..losses import RegistrationLoss
+from ..models import resolve_model
 from ..spatial import warp
 from . import distributed
-from .augmentation import AugmentationSettings, augment_intensity, augment_moving
+from .augmentation import AugmentationSettings, augment_intensity, augment_spatial
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, PairEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
 from .evaluation import score_pair, summarize
@@ -163,6 +164,7 @@ class _Run:
             raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
         if config.resume and not self.last_path.is_file():
             raise ConfigError(f"cannot resume: {self.last_path} not found")
+        init = resolve_model(config.init).network if config.init and not config.resume else None  # fail before work
         threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -189,6 +191,8 @@ class _Run:
         self.best = {"score": -math.inf, "step": None, "metric": None}
         if config.resume:
             self._restore()
+        elif config.init:
+            self._initialise(init, config.init)
         self.net = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
         self.log = TrainingLog(self.output, config.tensorboard, self.step if config.resume else None) if ctx.is_main else None
@@ -210,6 +214,13 @@ class _Run:
         self.best = dict(state["best"])
         restore_rng(state["rng"])
 
+    def _initialise(self, source: Optional[RecursiveCascadeNetwork], spec: str) -> None:
+        """Fine-tuning: copy the weights of a checkpoint file or installed model of the same architecture."""
+        if source is None or source.config != self.model.config:
+            found = source.config if source is not None else "not a recursive cascade network"
+            raise CheckpointError(f"init {spec}: it is {found} but the config asks for {self.model.config}")
+        self.model.load_state_dict(source.state_dict())
+
     def _save(self) -> None:
         training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "schedule": {"lr": self.config.lr, "lr_steps": list(self.config.lr_steps),
@@ -227,8 +238,11 @@ class _Run:
         config, device = self.config, self.ctx.device
         gen = step_generator(config.seed, self.ctx.rank, self.step)
         batch = self.data.sample(config.batch_size, gen).to(device)
-        moving, moving_labels = augment_moving(batch.moving, batch.moving_labels, self.augment, gen)
-        fixed = augment_intensity(batch.fixed, self.augment, gen)
+        moving, moving_labels = augment_spatial(batch.moving, batch.moving_labels, self.augment, gen)
+        fixed, fixed_labels = batch.fixed, batch.fixed_labels
+        if config.augment_fixed:
+            fixed, fixed_labels = augment_spatial(fixed, fixed_labels, self.augment, gen)
+        fixed = augment_intensity(fixed, self.augment, gen)
         moving = augment_intensity(moving, self.augment, gen)
         lr = learning_rate(self.step, config.lr, config.lr_steps, config.lr_factor)
         for group in self.optimizer.param_groups:
@@ -237,11 +251,11 @@ class _Run:
         if not torch.isfinite(out.flow).all():
             raise RuntimeError(f"non-finite flow at step {self.step + 1} (diverged, or a reduced-precision kernel "
                                f"failed: try a lower --lr or no --amp/--channels-last); resume from {self.last_path}")
-        warped_labels = fixed_labels = None
+        warped_onehot = fixed_onehot = None
         if config.dice_weight > 0:
-            warped_labels = warp(_one_hot(moving_labels, self.label_values), out.flow)
-            fixed_labels = _one_hot(batch.fixed_labels, self.label_values)
-        total, terms = self.loss(out, fixed, warped_labels, fixed_labels)
+            warped_onehot = warp(_one_hot(moving_labels, self.label_values), out.flow)
+            fixed_onehot = _one_hot(fixed_labels, self.label_values)
+        total, terms = self.loss(out, fixed, warped_onehot, fixed_onehot)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
