@@ -103,3 +103,23 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             select_device("cuda")
+
+
+def test_models_listing_prints_unicode_as_text(installed, capsys):
+    save_checkpoint(installed / "unicode.pt", RecursiveCascadeNetwork("vtn", n_cascades=1, width=0.125),
+                    {"description": "window −1000…400 HU, 64³ grid"})
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "window −1000…400 HU, 64³ grid" in out and "\\u" not in out
+
+
+def test_closed_pipe_stops_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time, rcreg.cli; time.sleep(1); "
+                             "raise SystemExit(rcreg.cli.main(['data', 'list']))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `rcreg data list | head -0`: the reader is gone before anything is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b"", err

@@ -177,6 +177,7 @@ def test_init_starts_from_the_checkpoint_weights(tiny_config, tmp_path):
     assert any(not torch.allclose(fresh.state_dict()[k], v) for k, v in start.items() if v.is_floating_point())
     card = load_checkpoint(tmp_path / "tuned" / "last.pt")["card"]
     assert card["training"]["iterations"] == 2 and card["training"]["config"]["init"] == str(first.last)
+    assert card["training"]["init"] == {"source": str(first.last), "training": load_checkpoint(first.last)["card"]["training"]}
 
 
 def test_init_with_another_architecture_or_missing_file_fails_before_training(tiny_config, phantom_list, tmp_path,

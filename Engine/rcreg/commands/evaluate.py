@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps({"model": str(args.model), "pairs": len(pairs), "card_name": card.get("name"),
                                    "summary": {r: {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in v.items()}
-                                               for r, v in summary.items()}}, indent=2))
+                                               for r, v in summary.items()}}, indent=2), encoding="utf-8")
     print(f"{'r':>3} " + " ".join(f"{k:>22}" for k in _COLUMNS))
     for r, values in summary.items():
         print(f"{r[2:]:>3} " + " ".join(f"{m:>12.4g} ± {s:<7.3g}" for m, s, _ in values.values()))

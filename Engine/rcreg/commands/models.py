@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     models = list_models()
     if args.json:
-        print(json.dumps(dict(models), indent=2))
+        print(json.dumps(dict(models), indent=2, ensure_ascii=False))
         return 0
     if not models:
         print(f"no models installed (add <name>.pt checkpoints to {MODELS_DIR}, or pass --model FILE)")
@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
     for name, card in models:
         print(f"{name}:")
         for key, value in card.items():
-            print(f"  {key}: {json.dumps(value)}")
+            print(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
     return 0

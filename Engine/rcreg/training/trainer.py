@@ -79,8 +79,12 @@ def resolve_sources(config: TrainConfig) -> DataSources:
     return DataSources(train, val, atlas)
 
 
-def model_card(config: TrainConfig, step: int, n_train: int, validation: Optional[dict] = None) -> dict:
-    """The model card stored in every checkpoint (see docs/model-card.md)."""
+def model_card(config: TrainConfig, step: int, n_train: int, validation: Optional[dict] = None,
+               init: Optional[dict] = None) -> dict:
+    """The model card stored in every checkpoint (see docs/model-card.md).
+
+    ``init`` is the provenance of the starting weights when fine-tuning (``{"source", "training"}``).
+    """
     return {
         "name": config.name,
         "description": config.description,
@@ -94,7 +98,8 @@ def model_card(config: TrainConfig, step: int, n_train: int, validation: Optiona
         "training": {"iterations": step,
                      "data": {"train": config.train, "val": config.val, "mode": config.mode,
                               "atlas": config.atlas, "images": n_train},
-                     "config": config.to_dict()},
+                     "config": config.to_dict(),
+                     **({"init": init} if init else {})},
         "validation": dict(validation or {}),
     }
 
@@ -164,7 +169,8 @@ class _Run:
             raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
         if config.resume and not self.last_path.is_file():
             raise ConfigError(f"cannot resume: {self.last_path} not found")
-        init = resolve_model(config.init).network if config.init and not config.resume else None  # fail before work
+        init = resolve_model(config.init) if config.init else None  # fail before any work
+        self.init_provenance = {"source": config.init, "training": init.card.get("training")} if init else None
         threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -191,15 +197,15 @@ class _Run:
         self.best = {"score": -math.inf, "step": None, "metric": None}
         if config.resume:
             self._restore()
-        elif config.init:
-            self._initialise(init, config.init)
+        elif init is not None:
+            self._initialise(init.network, config.init)
         self.net = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
         self.log = TrainingLog(self.output, config.tensorboard, self.step if config.resume else None) if ctx.is_main else None
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _card(self, validation: Optional[dict] = None) -> dict:
-        return model_card(self.config, self.step, len(self.data.volumes), validation)
+        return model_card(self.config, self.step, len(self.data.volumes), validation, self.init_provenance)
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.last_path)
@@ -209,6 +215,7 @@ class _Run:
         if ckpt["model"] != self.model.config:
             raise CheckpointError(f"{self.last_path} is a {ckpt['model']} model but the config asks for {self.model.config}")
         self.model.load_state_dict(ckpt["state_dict"])
+        self.init_provenance = ckpt.get("card", {}).get("training", {}).get("init", self.init_provenance)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.best = dict(state["best"])
