@@ -224,3 +224,23 @@ def test_augment_fixed_deforms_the_fixed_image_only_when_asked(tiny_config, monk
     assert len(sampled) == len(network_inputs) == 1
     # No intensity augmentation here, so without augment_fixed the network sees the sampled fixed image.
     assert torch.allclose(network_inputs[0], sampled[0].clamp(0, 1)) != augment_fixed
+
+
+def test_identity_pairs_share_and_labels():
+    from rcreg.training.trainer import _identity_pairs
+
+    fixed, moving = torch.zeros(400, 1, 2, 2, 2), torch.ones(400, 1, 2, 2, 2)
+    fixed_labels, moving_labels = torch.full_like(fixed, 3, dtype=torch.long), torch.ones_like(fixed, dtype=torch.long)
+    out, out_labels = _identity_pairs(fixed, moving, fixed_labels, moving_labels, 0.25, torch.Generator().manual_seed(0))
+    same = (out == 0).flatten(1).all(1)
+    assert ((out == 0) | (out == 1)).all() and (out.flatten(1).amin(1) == out.flatten(1).amax(1)).all()
+    assert 0.18 < same.float().mean() < 0.32  # about a quarter of the pairs became identity pairs
+    assert torch.equal(out_labels.flatten(1)[:, 0] == 3, same)  # labels follow their images
+    none, _ = _identity_pairs(fixed, moving, None, None, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(none, moving)
+
+
+def test_identity_pairs_out_of_range_is_a_config_error(tiny_config):
+    from rcreg.training.config import ConfigError
+    with pytest.raises(ConfigError, match="identity_pairs"):
+        tiny_config(identity_pairs=1.5).check()

@@ -74,6 +74,10 @@ class TrainConfig:
     augment_fixed: bool = _opt(False, "deform the fixed image too (its own random affine + B-spline field): with few "
                                       "training subjects the network otherwise sees only a handful of fixed images "
                                       "and memorises them", "augmentation")
+    identity_pairs: float = _opt(0.0, "share of training pairs whose moving image is the (spatially augmented) fixed "
+                                      "image itself, with its own intensity augmentation: teaches the network to "
+                                      "output no deformation for aligned images (test-time repeats, later "
+                                      "cascades)", "augmentation")
     gamma: float = _opt(0.3, "random gamma exp(U(−g, g)) on both images", "augmentation")
     bias_field: float = _opt(0.3, "random smooth multiplicative bias field exp(±b) on both images", "augmentation")
     noise: float = _opt(0.02, "Gaussian noise with standard deviation up to this (intensities in [0, 1])", "augmentation")
@@ -118,6 +122,8 @@ class TrainConfig:
             raise ConfigError(f"grid must be three sizes ≥ 8, got {self.grid}")
         if self.lr <= 0 or self.width <= 0:
             raise ConfigError("lr and width must be > 0")
+        if not 0.0 <= self.identity_pairs <= 1.0:
+            raise ConfigError(f"identity_pairs must be a share in [0, 1], got {self.identity_pairs}")
         if self.train is None:
             raise ConfigError("no training data: set `train` in the config or pass --train PATH")
         if self.mode == "atlas" and self.atlas is None:

@@ -156,6 +156,20 @@ def _validate(model: RecursiveCascadeNetwork, pairs: list[tuple[Volume, Volume]]
     return means
 
 
+def _identity_pairs(fixed: torch.Tensor, moving: torch.Tensor, fixed_labels: Optional[torch.Tensor],
+                    moving_labels: Optional[torch.Tensor], share: float, generator: torch.Generator):
+    """Replace each pair's moving image ``(B, 1, X, Y, Z)`` (and labels) by its fixed one with probability ``share``.
+
+    Such pairs need no deformation: they teach the network to leave aligned images alone, which is what a
+    later cascade, and every shared-weight repeat at test time, sees.
+    """
+    same = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device).view(-1, 1, 1, 1, 1)
+    moving = torch.where(same, fixed, moving)
+    if moving_labels is not None and fixed_labels is not None:
+        moving_labels = torch.where(same, fixed_labels, moving_labels)
+    return moving, moving_labels
+
+
 class _Run:
     """State of one training run in one process."""
 
@@ -249,6 +263,9 @@ class _Run:
         fixed, fixed_labels = batch.fixed, batch.fixed_labels
         if config.augment_fixed:
             fixed, fixed_labels = augment_spatial(fixed, fixed_labels, self.augment, gen)
+        if config.identity_pairs > 0:
+            moving, moving_labels = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
+                                                    config.identity_pairs, gen)
         fixed = augment_intensity(fixed, self.augment, gen)
         moving = augment_intensity(moving, self.augment, gen)
         lr = learning_rate(self.step, config.lr, config.lr_steps, config.lr_factor)
