@@ -34,7 +34,8 @@ class RecursiveCascadeNetwork(nn.Module):
     Cascade k sees (fixed, moving warped by the composition of flows 1..k−1). Each deformable flow is
     scaled by 1/n; at test time ``repeat=r`` applies every cascade r times with shared weights (n×r).
 
-    Options: ``width`` scales the channels of every network; ``checkpoint`` recomputes each cascade's
+    Options: ``width`` scales the channels of every network; ``affine_levels`` and
+    ``affine_translation`` shape the affine network (:class:`~rcreg.networks.AffineNetwork`); ``checkpoint`` recomputes each cascade's
     activations in the backward pass (memory ≈ one cascade); ``amp`` runs the networks under bf16
     autocast (warping stays fp32); ``channels_last`` uses the channels-last-3d memory format.
     """
@@ -45,6 +46,8 @@ class RecursiveCascadeNetwork(nn.Module):
         n_cascades: int = 3,
         affine: bool = True,
         width: float = 1.0,
+        affine_levels: int = 6,
+        affine_translation: str = "voxels",
         *,
         checkpoint: bool = False,
         amp: bool = False,
@@ -53,8 +56,9 @@ class RecursiveCascadeNetwork(nn.Module):
         super().__init__()
         if n_cascades < 0 or (n_cascades == 0 and not affine):
             raise ValueError("need at least one cascade (affine or deformable)")
-        self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width)
-        self.affine = AffineNetwork(width=width) if affine else None
+        self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width, affine_levels=affine_levels,
+                           affine_translation=affine_translation)
+        self.affine = AffineNetwork(width=width, levels=affine_levels, translation=affine_translation) if affine else None
         self.cascades = nn.ModuleList(build_network(base, width=width) for _ in range(n_cascades))
         self.checkpoint = checkpoint
         self.amp = amp

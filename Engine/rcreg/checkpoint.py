@@ -3,7 +3,8 @@
 A checkpoint is a plain dictionary saved with :func:`torch.save`::
 
     {"format": "rcreg", "version": 1,
-     "model": {"base": "vtn", "n_cascades": 3, "affine": True, "width": 0.5},  # RecursiveCascadeNetwork kwargs
+     "model": {"base": "vtn", "n_cascades": 3, "affine": True, "width": 0.5, "affine_levels": 6,
+               "affine_translation": "voxels"},  # RecursiveCascadeNetwork kwargs
      "card": {...},            # model card, see docs/model-card.md
      "state_dict": {...},      # tensors (fp32, or fp16 in exported inference files)
      "training": {...}}        # optional: optimiser, schedule, step, RNG state (training checkpoints only)
@@ -69,6 +70,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"not an rcreg checkpoint: {path}")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}, newer than this rcreg ({VERSION})")
+    if isinstance(ckpt.get("model"), dict):
+        for key, value in (("affine_levels", 6), ("affine_translation", "voxels")):
+            ckpt["model"].setdefault(key, value)  # files written before the options existed: the paper's affine
     return ckpt
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cascade import CascadeOutput
+from .spatial import affine_flow, warp
 
 __all__ = [
     "pearson_loss",
@@ -127,6 +128,10 @@ class RegistrationLoss(nn.Module):
     smoothness is summed over every deformable cascade's own flow (``output.stage_flows``); the affine
     determinant and orthogonality terms apply when the model has an affine cascade; the Dice term
     (``dice_weight > 0``) needs warped and fixed label tensors. Defaults are the paper's weights.
+
+    ``affine_similarity_weight > 0`` (not in the paper, which scores the final warp only) also scores
+    the moving image warped by the affine cascade alone, giving that cascade an objective of its own;
+    it needs ``moving``.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class RegistrationLoss(nn.Module):
         det_weight: float = 0.1,
         ortho_weight: float = 0.1,
         dice_weight: float = 0.0,
+        affine_similarity_weight: float = 0.0,
     ):
         super().__init__()
         if similarity not in SIMILARITY_LOSSES:
@@ -146,6 +152,7 @@ class RegistrationLoss(nn.Module):
         self.det_weight = det_weight
         self.ortho_weight = ortho_weight
         self.dice_weight = dice_weight
+        self.affine_similarity_weight = affine_similarity_weight
 
     def forward(
         self,
@@ -153,6 +160,7 @@ class RegistrationLoss(nn.Module):
         fixed: torch.Tensor,
         warped_labels: Optional[torch.Tensor] = None,
         fixed_labels: Optional[torch.Tensor] = None,
+        moving: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Return ``(total, terms)``: the scalar loss to back-propagate and its unweighted parts as floats."""
         terms = {"similarity": self.similarity_fn(fixed, output.warped)}
@@ -161,12 +169,18 @@ class RegistrationLoss(nn.Module):
         if output.affine is not None:
             terms["det"] = affine_determinant_loss(output.affine[0])
             terms["ortho"] = affine_orthogonality_loss(output.affine[0])
+            if self.affine_similarity_weight > 0:
+                if moving is None:
+                    raise ValueError("affine_similarity_weight > 0 needs the moving image")
+                affine_warped = warp(moving, affine_flow(*output.affine, moving.shape[2:]))
+                terms["affine_similarity"] = self.similarity_fn(fixed, affine_warped)
         if self.dice_weight > 0:
             if warped_labels is None or fixed_labels is None:
                 raise ValueError("dice_weight > 0 needs warped_labels and fixed_labels")
             terms["dice"] = dice_loss(warped_labels, fixed_labels)
         weights = {"similarity": 1.0, "smoothness": self.reg_weight, "det": self.det_weight,
-                   "ortho": self.ortho_weight, "dice": self.dice_weight}
+                   "ortho": self.ortho_weight, "dice": self.dice_weight,
+                   "affine_similarity": self.affine_similarity_weight}
         total = sum(weights[name] * value for name, value in terms.items())
         report = {name: float(value.detach()) for name, value in terms.items()}
         report["total"] = float(total.detach())

@@ -149,3 +149,31 @@ def test_amp_channels_last_close_to_fp32():
     rel = (out.flow - ref.flow).norm() / ref.flow.norm()
     assert rel < 0.05, f"relative flow difference {rel:.3f}"
     assert (out.warped - ref.warped).abs().max() < 0.05
+
+
+def test_affine_similarity_scores_the_affine_warp_alone_and_trains_the_affine_cascade():
+    from rcreg.cascade import CascadeOutput
+
+    fixed, _ = image_pair()
+    moving = torch.tensor(ndimage.shift(fixed[0, 0].numpy(), (-3, 0, 0), order=1, mode="nearest"))[None, None]
+    # moving(p) = fixed(p + 3 x̂): the affine pull-back p ↦ p − 3 x̂ (b = (−3, 0, 0) voxels) aligns it.
+    shift = torch.tensor([[-3.0, 0.0, 0.0]], requires_grad=True)
+    matrix = torch.eye(3)[None].requires_grad_(True)
+    rest = CascadeOutput(flow=torch.zeros(1, 3, 32, 32, 32), warped=fixed.clone(), affine=(matrix, shift))
+    loss = RegistrationLoss(affine_similarity_weight=0.5)
+    total, terms = loss(rest, fixed, moving=moving)
+    scores = {}
+    for b in (0.0, 3.0):
+        other = CascadeOutput(flow=rest.flow, warped=rest.warped, affine=(torch.eye(3)[None], torch.tensor([[b, 0.0, 0.0]])))
+        scores[b] = loss(other, fixed, moving=moving)[1]["affine_similarity"]
+    # b = 0: the affine warp is the moving image itself; the aligning shift scores far better than no
+    # shift (not 0: the 3 border slices clamp), the opposite shift worse.
+    assert scores[0.0] == pytest.approx(float(pearson_loss(fixed, moving)), abs=1e-5)
+    assert terms["affine_similarity"] < 0.1 * scores[0.0] < scores[3.0]
+    assert total.item() == pytest.approx(terms["similarity"] + 0.5 * terms["affine_similarity"] +
+                                         0.1 * (terms["det"] + terms["ortho"]), abs=1e-6)
+    total.backward()
+    assert shift.grad is not None and matrix.grad is not None
+    assert "affine_similarity" not in RegistrationLoss()(rest, fixed)[1]  # off by default (the paper)
+    with pytest.raises(ValueError, match="needs the moving image"):
+        loss(rest, fixed)

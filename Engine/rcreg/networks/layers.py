@@ -21,15 +21,17 @@ def scaled(channels: int, width: float) -> int:
 
 
 class VTNEncoder(nn.Module):
-    """The VTN encoder: six stride-2 levels, widths c·(1, 2, 4, 8, 16, 32) with c = 16·width.
+    """The VTN encoder: six stride-2 levels (or the first ``levels``), widths c·(1, 2, 4, 8, 16, 32), c = 16·width.
 
     ``forward`` returns the skip features of every level, finest first, each ``(B, C_l, ⌈X/2^l⌉, …)``.
     """
 
-    def __init__(self, in_channels: int = 2, width: float = 1.0):
+    def __init__(self, in_channels: int = 2, width: float = 1.0, levels: int = 6):
         super().__init__()
+        if not 1 <= levels <= 6:
+            raise ValueError(f"the VTN encoder has 1 to 6 levels, got {levels}")
         c = scaled(16, width)
-        self.channels = [c, 2 * c, 4 * c, 8 * c, 16 * c, 32 * c]
+        self.channels = [c, 2 * c, 4 * c, 8 * c, 16 * c, 32 * c][:levels]
         levels = []
         prev = in_channels
         for level, ch in enumerate(self.channels):

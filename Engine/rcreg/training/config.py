@@ -57,12 +57,19 @@ class TrainConfig:
     cascades: int = _opt(3, "number of deformable cascades n", "model")
     width: float = _opt(1.0, "channel width factor of every network (1 = the paper's VTN)", "model")
     affine: bool = _opt(True, "start with the affine cascade", "model")
+    affine_levels: int = _opt(6, "encoder levels of the affine network, whose head reads the last one pooled to 2³ "
+                                 "(6: the paper's, a 2³ map at a 128³ grid; use 5 for a 64³ grid)", "model")
+    affine_translation: str = _opt("voxels", "unit of the affine head's translation output: voxels (the paper's; "
+                                            "learns about lr voxels per step) or extent (half the grid extent)",
+                                   "model", choices=("voxels", "extent"))
     # loss
     similarity: str = _opt("pearson", "similarity: pearson (the paper's global correlation), ncc (local) or mse", "loss",
                            choices=("pearson", "ncc", "mse"))
     reg_weight: float = _opt(1.0, "weight of the smoothness of every cascade's flow", "loss")
     det_weight: float = _opt(0.1, "weight of the affine determinant loss", "loss")
     ortho_weight: float = _opt(0.1, "weight of the affine orthogonality loss", "loss")
+    affine_similarity: float = _opt(0.0, "weight of the similarity of the moving image warped by the affine cascade "
+                                         "alone (not in the paper: gives the affine cascade its own objective)", "loss")
     dice_weight: float = _opt(0.0, "weight of a soft Dice loss on warped label maps (needs training labels)", "loss")
     # augmentation
     ffd_amplitude: float = _opt(4.0, "largest displacement (voxels) of the random B-spline deformation of the moving "
@@ -128,7 +135,7 @@ class TrainConfig:
             raise ConfigError("no training data: set `train` in the config or pass --train PATH")
         if self.mode == "atlas" and self.atlas is None:
             raise ConfigError("mode atlas needs an atlas image (--atlas PATH)")
-        for name in ("mode", "similarity"):
+        for name in ("mode", "similarity", "affine_translation"):
             choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")

@@ -199,11 +199,12 @@ class _Run:
 
         torch.manual_seed(config.seed)
         self.model = RecursiveCascadeNetwork(config.base, config.cascades, config.affine, config.width,
+                                             config.affine_levels, config.affine_translation,
                                              checkpoint=config.checkpointing, amp=config.amp,
                                              channels_last=config.channels_last).to(ctx.device)
         self.optimizer = make_optimizer(self.model.parameters(), config.lr)
         self.loss = RegistrationLoss(config.similarity, config.reg_weight, config.det_weight,
-                                     config.ortho_weight, config.dice_weight)
+                                     config.ortho_weight, config.dice_weight, config.affine_similarity)
         self.augment = AugmentationSettings(config.ffd_amplitude, config.ffd_control_points, config.rotation,
                                             config.scaling, config.translation, config.gamma, config.bias_field,
                                             config.noise)
@@ -236,11 +237,28 @@ class _Run:
         restore_rng(state["rng"])
 
     def _initialise(self, source: Optional[RecursiveCascadeNetwork], spec: str) -> None:
-        """Fine-tuning: copy the weights of a checkpoint file or installed model of the same architecture."""
-        if source is None or source.config != self.model.config:
+        """Fine-tuning: copy the weights of a checkpoint file or installed model of the same architecture.
+
+        Only the affine network's shape (``affine_levels``, ``affine_translation``) may differ: its weights
+        that fit are copied and the rest (its head) start afresh; the card's ``training.init.fresh`` lists
+        them. With another translation unit the head always starts afresh (its outputs would mean another thing).
+        """
+        def body(config: dict) -> dict:
+            return dict(config, affine_levels=None, affine_translation=None)
+
+        if source is None or body(source.config) != body(self.model.config):
             found = source.config if source is not None else "not a recursive cascade network"
             raise CheckpointError(f"init {spec}: it is {found} but the config asks for {self.model.config}")
-        self.model.load_state_dict(source.state_dict())
+        target, weights = self.model.state_dict(), source.state_dict()
+        new_unit = source.config["affine_translation"] != self.model.config["affine_translation"]
+        fresh = sorted(k for k in target if k not in weights or weights[k].shape != target[k].shape
+                       or (new_unit and k.startswith("affine.head.")))
+        self.model.load_state_dict({k: weights[k] if k not in fresh else v for k, v in target.items()})
+        if fresh:
+            self.init_provenance["fresh"] = fresh
+            if self.ctx.is_main:
+                print(f"init {spec}: {len(fresh)} tensor(s) of another shape start afresh: {', '.join(fresh)}",
+                      file=sys.stderr)
 
     def _save(self) -> None:
         training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -279,7 +297,7 @@ class _Run:
         if config.dice_weight > 0:
             warped_onehot = warp(_one_hot(moving_labels, self.label_values), out.flow)
             fixed_onehot = _one_hot(fixed_labels, self.label_values)
-        total, terms = self.loss(out, fixed, warped_onehot, fixed_onehot)
+        total, terms = self.loss(out, fixed, warped_onehot, fixed_onehot, moving)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

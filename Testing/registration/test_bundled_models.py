@@ -1,0 +1,60 @@
+"""The bundled models: complete cards, and each one really registers a known smooth deformation of real
+anatomy (the FSL MNI152 2 mm brain of the `test` sample subset; CT: a synthetic body-and-lungs volume)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from rcreg import data
+from rcreg.fields import field_jacobian_determinant
+from rcreg.models import list_models
+from rcreg.registration import register
+
+BUNDLED = dict(list_models())
+
+
+def test_brain_and_ct_models_are_bundled_with_complete_cards():
+    assert {"brain_mr_t1", "chest_ct"} <= set(BUNDLED)
+    for name, card in BUNDLED.items():
+        assert card["modality"] in ("MR", "CT") and len(card["grid"]["shape"]) == 3, name
+        assert card["training"]["iterations"] > 0 and card["training"]["data"]["train"], name
+        for case in card["evaluation"]["cases"]:  # held-out scores stored by Training/bundle_model.py
+            assert 0 < case["model"]["dice_mean"] <= 1 and case["model"]["folding_pct"] >= 0, (name, case["case"])
+
+
+def _known_deformation(image: sitk.Image, amplitude_mm: float, seed: int) -> sitk.Image:
+    """``image`` resampled through a SimpleITK cubic B-spline transform (5³ mesh, random coefficients)."""
+    transform = sitk.BSplineTransformInitializer(image, [2, 2, 2], order=3)
+    rng = np.random.default_rng(seed)
+    transform.SetParameters(rng.uniform(-amplitude_mm, amplitude_mm, len(transform.GetParameters())).tolist())
+    return sitk.Resample(image, image, transform, sitk.sitkLinear, float(np.min(sitk.GetArrayViewFromImage(image))))
+
+
+def _check_registers(moving: sitk.Image, fixed: sitk.Image, model: str, mask: np.ndarray) -> None:
+    result = register(moving, fixed, model=model, device="cpu")
+    f = sitk.GetArrayFromImage(fixed)[mask]
+    before = np.corrcoef(sitk.GetArrayFromImage(moving)[mask], f)[0, 1]
+    after = np.corrcoef(sitk.GetArrayFromImage(result.warped)[mask], f)[0, 1]
+    assert after > before + 0.5 * (1 - before), (before, after)  # at least half of the mismatch removed
+    detj = field_jacobian_determinant(result.displacement).transpose(2, 1, 0)  # (z, y, x) like the arrays
+    assert (detj[mask] <= 0).mean() < 1e-3
+
+
+def test_brain_model_registers_a_known_deformation():
+    brain = sitk.ReadImage(str(data.fetch(["mni152_2mm_t1_brain"])["mni152_2mm_t1_brain"]), sitk.sitkFloat32)
+    fixed = _known_deformation(brain, 6.0, seed=3)
+    _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0)
+
+
+def test_ct_model_registers_a_known_deformation():
+    size, spacing = 96, 3.0
+    z, y, x = np.mgrid[:size, :size, :size] * spacing - (size - 1) * spacing / 2
+    body = (x / 140) ** 2 + (y / 100) ** 2 < 1
+    lungs = ((np.abs(x) - 60) / 45) ** 2 + (y / 60) ** 2 + (z / 110) ** 2 < 1
+    hu = np.where(body, 40.0, -1000.0) + np.where(lungs & body, -850.0, 0.0)
+    hu += 300.0 * ((x / 15) ** 2 + ((y - 70) / 15) ** 2 < 1)  # a spine-like bright rod
+    ct = sitk.GetImageFromArray(hu.astype(np.float32))
+    ct.SetSpacing([spacing] * 3)
+    fixed = _known_deformation(ct, 8.0, seed=4)
+    _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500)
