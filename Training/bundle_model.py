@@ -46,9 +46,12 @@ def main(argv=None) -> int:
     parser.add_argument("name", help="bundled model name (file Engine/rcreg/models/NAME.pt)")
     parser.add_argument("--domain", choices=("brain", "ct"), required=True, help="benchmark cases that score it")
     parser.add_argument("--evaluation", type=Path, help="benchmarks/accuracy.py JSON with this model's scores")
+    parser.add_argument("--description", help="replace the card's one-line description")
     args = parser.parse_args(argv)
     model, card = model_from_checkpoint(args.checkpoint)
     card["name"] = args.name
+    if args.description:
+        card["description"] = args.description
     if args.evaluation:
         report = json.loads(args.evaluation.read_text(encoding="utf-8"))
         card["evaluation"] = evaluation_summary(report, args.domain, model.n_cascades)

@@ -28,6 +28,7 @@ __all__ = [
     "list_models",
     "resolve_model",
     "select_device",
+    "training_steps",
 ]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -107,6 +108,15 @@ class Model:
             raise ValueError(f"model {self.name} returned a flow of shape {tuple(flow.shape)}, "
                              f"expected {(1, 3, *fixed.shape[2:])}")
         return flow.float().cpu()
+
+
+def training_steps(card: dict) -> int:
+    """All training steps behind a model: its own run plus every run it was fine-tuned from (``training.init``)."""
+    total, training = 0, card.get("training") or {}
+    while training:
+        total += int(training.get("iterations") or 0)
+        training = (training.get("init") or {}).get("training") or {}
+    return total
 
 
 def list_models() -> list[tuple[str, dict]]:

@@ -123,3 +123,13 @@ def test_closed_pipe_stops_quietly():
     proc.stdout.close()  # like `rcreg data list | head -0`: the reader is gone before anything is written
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err == b"", err
+
+
+def test_training_steps_add_up_the_fine_tuning_lineage():
+    from rcreg.models import training_steps
+
+    stage1 = {"iterations": 8000}
+    stage2 = {"iterations": 6000, "init": {"source": "stage1.pt", "training": stage1}}
+    card = {"training": {"iterations": 500, "init": {"source": "stage2.pt", "training": stage2}}}
+    assert training_steps(card) == 14500
+    assert training_steps({"training": stage1}) == 8000 and training_steps({}) == 0

@@ -37,12 +37,12 @@ def test_bundle_writes_fp16_model_with_evaluation(bundle, tmp_path, monkeypatch)
          "rows": [_row("identity", 0.5), _row("ours 1×1", 0.6), _row("ours 2×1", 0.7), _row("ANTs SyN", 0.8)]},
         {"name": "ct case", "kind": "real", "domain": "ct", "note": "", "rows": [_row("ours 2×1", 0.1)]}]}
     (tmp_path / "bench.json").write_text(json.dumps(report), encoding="utf-8")
-    assert bundle.main([str(tmp_path / "last.pt"), "brain_x", "--domain", "brain",
+    assert bundle.main([str(tmp_path / "last.pt"), "brain_x", "--domain", "brain", "--description", "new words",
                         "--evaluation", str(tmp_path / "bench.json")]) == 0
     raw = torch.load(tmp_path / "models" / "brain_x.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in raw["state_dict"].values() if v.is_floating_point())
     card = load_checkpoint(tmp_path / "models" / "brain_x.pt")["card"]
-    assert card["name"] == "brain_x" and card["modality"] == "MR"
+    assert card["name"] == "brain_x" and card["modality"] == "MR" and card["description"] == "new words"
     (case,) = card["evaluation"]["cases"]  # only the brain domain, scored with all 2 cascades
     assert card["evaluation"]["setting"] == "ours 2×1" and case["model"]["dice_mean"] == 0.7
     assert case["ants_syn"]["dice_mean"] == 0.8 and case["identity"]["dice_mean"] == 0.5
