@@ -35,9 +35,10 @@ class RecursiveCascadeNetwork(nn.Module):
     scaled by 1/n; at test time ``repeat=r`` applies every cascade r times with shared weights (n×r).
 
     Options: ``width`` scales the channels of every network; ``affine_levels`` and
-    ``affine_translation`` shape the affine network (:class:`~rcreg.networks.AffineNetwork`); ``checkpoint`` recomputes each cascade's
-    activations in the backward pass (memory ≈ one cascade); ``amp`` runs the networks under bf16
-    autocast (warping stays fp32); ``channels_last`` uses the channels-last-3d memory format.
+    ``affine_translation`` shape the affine network (:class:`~rcreg.networks.AffineNetwork`);
+    ``checkpoint`` recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
+    ``amp`` runs the networks under bf16 autocast (warping stays fp32); ``channels_last`` uses the
+    channels-last-3d memory format.
     """
 
     def __init__(

@@ -32,15 +32,15 @@ class VTNEncoder(nn.Module):
             raise ValueError(f"the VTN encoder has 1 to 6 levels, got {levels}")
         c = scaled(16, width)
         self.channels = [c, 2 * c, 4 * c, 8 * c, 16 * c, 32 * c][:levels]
-        levels = []
+        stages = []
         prev = in_channels
         for level, ch in enumerate(self.channels):
             blocks = [conv_block(prev, ch, stride=2)]
             if level >= 2:  # conv3_1 … conv6_1
                 blocks.append(conv_block(ch, ch))
-            levels.append(nn.Sequential(*blocks))
+            stages.append(nn.Sequential(*blocks))
             prev = ch
-        self.levels = nn.ModuleList(levels)
+        self.levels = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = []
