@@ -244,3 +244,19 @@ def test_identity_pairs_out_of_range_is_a_config_error(tiny_config):
     from rcreg.training.config import ConfigError
     with pytest.raises(ConfigError, match="identity_pairs"):
         tiny_config(identity_pairs=1.5).check()
+
+
+def test_resumed_fine_tuning_keeps_its_provenance_without_the_source(tiny_config, tmp_path, monkeypatch):
+    source = train(tiny_config(output=str(tmp_path / "source"), iterations=1)).last
+    cut = tiny_config(output=str(tmp_path / "tuned"), init=str(source), iterations=4, save_every=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(_Run, "_train_step", _interrupt_at(3))
+        with pytest.raises(KeyboardInterrupt):
+            train(cut)
+    provenance = load_checkpoint(tmp_path / "tuned" / "last.pt")["card"]["training"]["init"]
+    os.remove(source)  # the source may be gone by the time the run is resumed
+    cut.resume = True
+    train(cut)
+    card = load_checkpoint(tmp_path / "tuned" / "last.pt")["card"]
+    assert card["training"]["iterations"] == 4 and card["training"]["init"] == provenance
+    assert provenance["source"] == str(source)

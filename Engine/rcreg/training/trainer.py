@@ -183,7 +183,7 @@ class _Run:
             raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
         if config.resume and not self.last_path.is_file():
             raise ConfigError(f"cannot resume: {self.last_path} not found")
-        init = resolve_model(config.init) if config.init else None  # fail before any work
+        init = resolve_model(config.init) if config.init and not config.resume else None  # fail before any work
         self.init_provenance = {"source": config.init, "training": init.card.get("training")} if init else None
         threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
         if threads:
@@ -230,7 +230,7 @@ class _Run:
         if ckpt["model"] != self.model.config:
             raise CheckpointError(f"{self.last_path} is a {ckpt['model']} model but the config asks for {self.model.config}")
         self.model.load_state_dict(ckpt["state_dict"])
-        self.init_provenance = ckpt.get("card", {}).get("training", {}).get("init", self.init_provenance)
+        self.init_provenance = ckpt.get("card", {}).get("training", {}).get("init")  # a fine-tuned run stays one
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.best = dict(state["best"])
