@@ -490,6 +490,11 @@ def summarize(results) -> list[str]:
     return lines
 
 
+def _rising(values) -> bool:
+    """True when ``values`` never decrease."""
+    return all(b >= a for a, b in zip(values, values[1:]))
+
+
 def claims(results) -> list[str]:
     """Dice along k (cascades used) and correlation along r (repeats), per case, with a rising/not verdict."""
     lines = []
@@ -501,21 +506,20 @@ def claims(results) -> list[str]:
         n = max(k for k, _, _ in parsed)
         by_k = sorted((k, r["dice_mean"]) for k, rep, r in parsed if rep == 1)
         by_r = sorted((rep, r["correlation"]) for k, rep, r in parsed if k == n)
-        rising = lambda seq: all(b[1] >= a[1] for a, b in zip(seq, seq[1:]))  # noqa: E731
         lines.append(
             f"- {case.name} ({case.kind}): Dice by cascades k = " + ", ".join(f"{k}: {v:.3f}" for k, v in by_k) +
-            f" ({'rising' if rising(by_k) else 'not monotone'}); correlation by repeats r = " +
-            ", ".join(f"{r}: {v:.4f}" for r, v in by_r) + f" ({'rising' if rising(by_r) else 'not monotone'}).")
+            f" ({'rising' if _rising([v for _, v in by_k]) else 'not monotone'}); correlation by repeats r = " +
+            ", ".join(f"{r}: {v:.4f}" for r, v in by_r) + f" ({'rising' if _rising([v for _, v in by_r]) else 'not monotone'}).")
     return lines
 
 
 def run_series(specs: list[str], cases: list[Case]) -> list[tuple[Case, list[dict]]]:
     """Score each separately trained model with all its cascades, repeated r = 1…4 times."""
+    infos = [(spec, model_summary(spec)) for spec in specs]
     out = []
     for case in cases if specs else []:
         rows = []
-        for spec in specs:
-            info = model_summary(spec)
+        for spec, info in infos:
             for r in range(1, 5):
                 row = {"method": f"{info['n']} cascades ×{r}", "cascades": info["n"], "repeat": r,
                        "steps": info["steps"], "source": spec, **score(case, *ours(spec, info["n"], r)(case))}
@@ -530,7 +534,6 @@ def series_report(series, specs: list[str]) -> list[str]:
     """The report section on separately trained cascade counts (empty when none were given)."""
     if not series:
         return []
-    rising = lambda seq: all(b >= a for a, b in zip(seq, seq[1:]))  # noqa: E731
     steps = sorted({r["steps"] for _, rows in series for r in rows})
     lines = ["### Separately trained models: 1, 3, 5 cascades under one budget", "",
              f"Models ({', '.join(f'`{s}`' for s in specs)}) were trained by `benchmarks/cascade_series.py` with the "
@@ -555,8 +558,8 @@ def series_report(series, specs: list[str]) -> list[str]:
         verdicts.append(
             f"- {case.name} ({case.kind}): Dice by trained cascades " +
             ", ".join(f"{n}: {d:.3f}" for n, d in zip(sorted(by_n), dice_n)) +
-            f" ({'rising' if rising(dice_n) else 'not monotone'}); correlation rising with r = 1…4 for " +
-            (", ".join(f"{n} cascades" for n in sorted(by_n) if rising(corr_r[n])) or "none of the models") + ".")
+            f" ({'rising' if _rising(dice_n) else 'not monotone'}); correlation rising with r = 1…4 for " +
+            (", ".join(f"{n} cascades" for n in sorted(by_n) if _rising(corr_r[n])) or "none of the models") + ".")
     return lines + [""] + verdicts + [""]
 
 
@@ -566,11 +569,11 @@ def model_summary(spec: str) -> dict:
     keys = ("name", "modality", "grid", "normalization", "cascades", "width")
     summary = {k: card[k] for k in keys if k in card}
     training = card.get("training") or {}
-    summary["trained_steps"] = training_steps(card)
+    steps = summary["trained_steps"] = training_steps(card)
     summary["batch_size"] = (training.get("config") or {}).get("batch_size")
     summary["train"] = (training.get("data") or {}).get("train")
     return {"source": str(spec), "summary": json.dumps(summary, ensure_ascii=False),
-            "steps": training_steps(card),
+            "steps": steps,
             "n": model.network.n_cascades if model.network is not None else None,
             "affine": model.network is not None and model.network.affine is not None}
 
