@@ -20,7 +20,7 @@ import torch
 
 from .io import ImageLike, InputError, as_image, read_label_map, same_grid
 
-__all__ = ["network_grid", "normalize", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
+__all__ = ["network_grid", "refinement_grids", "normalize", "normalized_image", "on_grid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
            "ALIGNMENTS"]
 
 
@@ -35,6 +35,20 @@ def grid_shape(card: dict) -> tuple[int, int, int]:
     return shape
 
 
+def _region(fixed: sitk.Image, mask: Optional[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
+    """First and last voxel index (i, j, k) of the fixed image, or of the non-zero bounding box of ``mask``."""
+    low, high = np.zeros(3), np.asarray(fixed.GetSize()) - 1.0
+    if mask is not None:
+        if not same_grid(mask, fixed):
+            raise InputError("mask is not on the fixed image's grid")
+        nonzero = np.nonzero(sitk.GetArrayViewFromImage(mask))
+        if not nonzero[0].size:
+            raise InputError("mask is empty")
+        index = np.stack(nonzero[::-1])  # (3, N) in i, j, k order
+        low, high = index.min(axis=1).astype(float), index.max(axis=1).astype(float)
+    return low, high
+
+
 def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Image] = None) -> sitk.Image:
     """An empty reference image of size ``shape`` (X, Y, Z) for the network, in the fixed image's frame.
 
@@ -44,17 +58,8 @@ def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Im
     and padded along the other axes, never stretched. Direction = the fixed image's direction.
     """
     shape = np.asarray(shape, dtype=int)
-    size = np.asarray(fixed.GetSize())
     spacing = np.asarray(fixed.GetSpacing())
-    low, high = np.zeros(3), size - 1.0  # first and last voxel index of the region
-    if mask is not None:
-        if not same_grid(mask, fixed):
-            raise InputError("mask is not on the fixed image's grid")
-        nonzero = np.nonzero(sitk.GetArrayViewFromImage(mask))
-        if not nonzero[0].size:
-            raise InputError("mask is empty")
-        index = np.stack(nonzero[::-1])  # (3, N) in i, j, k order
-        low, high = index.min(axis=1).astype(float), index.max(axis=1).astype(float)
+    low, high = _region(fixed, mask)
     extent = (high - low + 1.0) * spacing
     iso = float(np.max(extent / shape))
     centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(((low + high) / 2).tolist()))
@@ -65,6 +70,29 @@ def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Im
     grid.SetDirection(direction.ravel().tolist())
     grid.SetOrigin(origin.tolist())
     return grid
+
+
+def refinement_grids(fixed: sitk.Image, spacing: float, levels: int, mask: Optional[sitk.Image] = None) -> list[sitk.Image]:
+    """Empty reference images for test-time refinement (:mod:`rcreg.refinement`), coarse to fine.
+
+    Every level covers the fixed image's voxel centres (or the mask's bounding box) with its first
+    and last voxel centres on the region's, in the fixed image's direction; level ``l`` of ``L`` has
+    about ``spacing · 2^(L−1−l)`` mm between voxels (exactly ``extent / (n − 1)`` per axis, ≥ 4 voxels).
+    With ``spacing`` equal to the fixed spacing the finest level is the fixed grid itself.
+    """
+    low, high = _region(fixed, mask)
+    extent = (high - low) * np.asarray(fixed.GetSpacing())
+    origin = fixed.TransformContinuousIndexToPhysicalPoint(low.tolist())
+    grids = []
+    for level in range(levels):
+        step = spacing * 2 ** (levels - 1 - level)
+        size = np.maximum(np.round(extent / step).astype(int) + 1, 4)
+        grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+        grid.SetSpacing(np.where(extent > 0, extent / (size - 1), step).tolist())
+        grid.SetDirection(fixed.GetDirection())
+        grid.SetOrigin(origin)
+        grids.append(grid)
+    return grids
 
 
 def normalize(array: np.ndarray, spec: dict) -> np.ndarray:
@@ -137,15 +165,32 @@ def _antialias(image: sitk.Image, target_spacing: float) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(image, np.maximum(sigma, 1e-3 * spacing).tolist())
 
 
+def normalized_image(image: sitk.Image, card: dict) -> sitk.Image:
+    """``image`` with intensities normalised by the card (:func:`normalize`), float32, same geometry.
+
+    Normalised on the original voxels, so padding outside the image does not bias the percentiles."""
+    spec = card.get("normalization") or {"type": "percentile", "low": 1, "high": 99}
+    normalized = sitk.GetImageFromArray(normalize(sitk.GetArrayViewFromImage(image), spec))
+    normalized.CopyInformation(image)
+    return normalized
+
+
+def on_grid(normalized: sitk.Image, reference: sitk.Image) -> torch.Tensor:
+    """A normalised image smoothed against aliasing and linearly resampled onto ``reference`` (0
+    outside): ``(1, 1, X, Y, Z)`` float32, axes in ITK index order (i, j, k)."""
+    smoothed = _antialias(normalized, float(max(reference.GetSpacing())))
+    resampled = sitk.Resample(smoothed, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)
+
+
 def preprocess(
     image: ImageLike, card: dict, reference: Optional[sitk.Image] = None
 ) -> tuple[torch.Tensor, sitk.Image]:
-    """Normalise ``image`` and resample it onto the network grid.
+    """Normalise ``image`` (:func:`normalized_image`) and resample it onto the network grid (:func:`on_grid`).
 
     ``reference``: the network grid (from :func:`network_grid` on the fixed image); if omitted,
-    ``image`` is treated as the fixed image and its own grid is built from the card. Intensities are
-    normalised on the original voxels (so padding does not bias the percentiles), smoothed against
-    aliasing, then linearly resampled; the padding outside the image is 0.
+    ``image`` is treated as the fixed image and its own grid is built from the card.
 
     Returns ``(tensor, reference)`` with ``tensor`` of shape ``(1, 1, X, Y, Z)``, float32 in [0, 1],
     axes in ITK index order (i, j, k).
@@ -153,13 +198,7 @@ def preprocess(
     image = as_image(image)
     if reference is None:
         reference = network_grid(image, grid_shape(card))
-    spec = card.get("normalization") or {"type": "percentile", "low": 1, "high": 99}
-    normalized = sitk.GetImageFromArray(normalize(sitk.GetArrayViewFromImage(image), spec))
-    normalized.CopyInformation(image)
-    normalized = _antialias(normalized, float(max(reference.GetSpacing())))
-    resampled = sitk.Resample(normalized, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
-    return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape), reference
+    return on_grid(normalized_image(image, card), reference), reference
 
 
 def preprocess_labels(labels: ImageLike, reference: sitk.Image) -> torch.Tensor:

@@ -13,22 +13,31 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from . import metrics
-from .fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
+from .fields import displacement_to_voxel_flow, displacement_transform, field_jacobian_determinant, flow_to_displacement
 from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, read_points, write_image, write_points,
                  write_transform)
-from .models import ModelSpec, resolve_model, select_device
-from .preprocessing import grid_shape, initial_translation, network_grid, preprocess
+from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
+from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
+                            preprocess_labels, refinement_grids)
+from .refinement import RefineOptions, refine as refine_flow
+from .runtime import tune_allocator
 
-__all__ = ["register", "RegistrationResult", "resample", "OUTPUT_FILES"]
+__all__ = ["register", "RegistrationResult", "resample", "refine_options", "OUTPUT_FILES", "NO_MODEL"]
 
 Progress = Callable[[float, str], None]
+RefineSpec = Union[None, int, Mapping, RefineOptions]
+
+#: ``model=NO_MODEL`` registers by refinement alone, from the initial alignment (no network).
+NO_MODEL = "none"
+#: The finest refinement level is the fixed image's spacing, but never finer than this (mm).
+FINEST_REFINEMENT_MM = 1.5
 
 #: Files written by :meth:`RegistrationResult.save` (``warped_labels``/``mapped_points`` only when present).
 OUTPUT_FILES = {
@@ -176,6 +185,36 @@ def image_modality(image: sitk.Image) -> Optional[str]:
     return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else None
 
 
+def refine_options(refine: RefineSpec, card: dict) -> RefineOptions:
+    """The refinement to run: ``refine`` over the card's defaults (its ``"refinement"`` entry).
+
+    ``None``: the card's defaults; an int: that many iterations with the card's defaults; a mapping:
+    those fields over the card's defaults; :class:`~rcreg.refinement.RefineOptions`: as given.
+    """
+    if isinstance(refine, RefineOptions):
+        return refine
+    fields = dict(card.get("refinement") or {})
+    if isinstance(refine, bool):
+        raise TypeError("refine must be a number of iterations, a mapping of options or RefineOptions")
+    if isinstance(refine, int):
+        fields["iterations"] = refine
+    elif isinstance(refine, Mapping):
+        fields.update(refine)
+    elif refine is not None:
+        raise TypeError(f"refine must be a number of iterations, a mapping or RefineOptions, not {type(refine).__name__}")
+    unknown = set(fields) - set(RefineOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown refinement option(s): {', '.join(sorted(unknown))}")
+    return RefineOptions(**fields)
+
+
+def _initial_refinement_flow(flow: Optional[torch.Tensor], grid: Optional[sitk.Image], finest: sitk.Image) -> torch.Tensor:
+    """The network's flow (voxels of ``grid``) as a flow in voxels of the finest refinement grid (zero without one)."""
+    if flow is None:
+        return torch.zeros(1, 3, *finest.GetSize())
+    return displacement_to_voxel_flow(flow_to_displacement(flow, grid, finest)).contiguous()
+
+
 def register(
     moving: ImageLike,
     fixed: ImageLike,
@@ -190,7 +229,9 @@ def register(
     fixed_points=None,
     mask: Optional[ImageLike] = None,
     initial_alignment: str = "none",
+    refine: RefineSpec = None,
     progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> RegistrationResult:
     """Deformably register ``moving`` to ``fixed`` (paths — files or DICOM folders — or SimpleITK images).
 
@@ -203,7 +244,11 @@ def register(
     covers its bounding box. initial_alignment: ``"none"`` (trust the physical coordinates),
     ``"geometry"`` or ``"mass"`` (first translate the moving image so the centres of the fields of
     view / of mass coincide — for images from different scanners or subjects; the translation is
-    part of the returned field). progress: ``progress(fraction, message)``.
+    part of the returned field). refine: test-time refinement of the network's field on this pair
+    (:mod:`rcreg.refinement`; see :func:`refine_options`: ``None`` runs the model card's default,
+    ``0`` the network only); ``model="none"`` registers by refinement alone. progress:
+    ``progress(fraction, message)``; cancel: ``cancel()`` returning true stops the refinement with
+    :class:`rcreg.refinement.Cancelled`.
     """
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}
@@ -225,26 +270,56 @@ def register(
     points_m = _as_points(moving_points, "moving points") if moving_points is not None else None
     if points_f is not None and points_m is not None and points_f.shape != points_m.shape:
         raise InputError(f"fixed and moving points differ in number: {len(points_f)} vs {len(points_m)}")
-    resolved = resolve_model(model, modality=image_modality(fixed))
+    resolved = None if model == NO_MODEL else resolve_model(model, modality=image_modality(fixed))
+    card = resolved.card if resolved is not None else DEFAULT_CARD
+    options = refine_options(refine, card)
+    if resolved is None and options.iterations == 0:
+        raise InputError("model 'none' registers by refinement alone: give refinement iterations > 0")
     dev = select_device(device)
+    tune_allocator()
     t = stage("read", t)
 
-    report(0.1, "preprocessing")
-    grid = network_grid(fixed, grid_shape(resolved.card), mask_img)
-    shift = initial_translation(fixed, moving, initial_alignment, resolved.card, moving_name)
+    report(0.05, "preprocessing")
+    shift = initial_translation(fixed, moving, initial_alignment, card, moving_name)
     start = sitk.Image(moving)  # the moving image seen at p − shift: start(p) = moving(p + shift)
     start.SetOrigin((np.asarray(moving.GetOrigin()) - shift).tolist())
-    _check_overlap(start, grid, moving_name)
-    fixed_t, _ = preprocess(fixed, resolved.card, grid)
-    moving_t, _ = preprocess(start, resolved.card, grid)
+    fixed_n, start_n = normalized_image(fixed, card), normalized_image(start, card)
+    grid = flow = None
+    if resolved is not None:
+        grid = network_grid(fixed, grid_shape(card), mask_img)
+        network_spacing = grid.GetSpacing()[0]
+        _check_overlap(start, grid, moving_name)
+        fixed_t, moving_t = on_grid(fixed_n, grid), on_grid(start_n, grid)
     t = stage("preprocess", t)
 
-    report(0.2, f"running model {resolved.name} on {dev.type}")
-    flow = resolved.predict(fixed_t, moving_t, cascades=cascades, repeat=repeat, device=dev,
-                            callback=lambda done, total: report(0.2 + 0.5 * done / total, f"cascade {done}/{total}"))
-    t = stage("network", t)
+    network_share = 0.3 if options.iterations else 0.6
+    if resolved is not None:
+        report(0.1, f"running model {resolved.name} on {dev.type}")
+        flow = resolved.predict(fixed_t, moving_t, cascades=cascades, repeat=repeat, device=dev,
+                                callback=lambda done, total: report(0.1 + network_share * done / total,
+                                                                    f"cascade {done}/{total}"))
+        t = stage("network", t)
 
-    report(0.7, "building the physical displacement field")
+    refinement = None
+    if options.iterations:
+        spacing = options.spacing or max(min(fixed.GetSpacing()), FINEST_REFINEMENT_MM)
+        grids = refinement_grids(fixed, spacing, options.levels, mask_img)
+        if resolved is None:
+            _check_overlap(start, grids[-1], moving_name)
+        initial_flow = _initial_refinement_flow(flow, grid, grids[-1])
+        pyramid_f = [on_grid(fixed_n, g).to(dev) for g in grids]
+        pyramid_m = [on_grid(start_n, g).to(dev) for g in grids]
+        masks = None
+        if mask_img is not None:
+            masks = [(preprocess_labels(mask_img, g) > 0).float().to(dev) for g in grids]
+        t = stage("refinement_preprocess", t)
+        first = 0.1 + network_share
+        refinement = refine_flow(pyramid_f, pyramid_m, initial_flow.to(dev), options, masks=masks, cancel=cancel,
+                                 progress=lambda done, message: report(first + (0.75 - first) * done, message))
+        flow, grid = refinement.flow.cpu(), grids[-1]
+        t = stage("refine", t)
+
+    report(0.75, "building the physical displacement field")
     displacement = flow_to_displacement(flow, grid, fixed, translation=shift)
     transform = displacement_transform(displacement)
     t = stage("field", t)
@@ -261,11 +336,14 @@ def register(
     detj = field_jacobian_determinant(displacement)
     fixed_arr = sitk.GetArrayViewFromImage(fixed)
     result_metrics: dict = {
-        "model": resolved.name,
+        "model": resolved.name if resolved is not None else NO_MODEL,
         "cascades": cascades,
         "repeat": repeat,
         "device": dev.type,
-        "network_grid": {"shape": list(grid.GetSize()), "spacing_mm": grid.GetSpacing()[0]},
+        "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing}
+                         if resolved is not None else None),
+        "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None
+                       else {"iterations": 0}),
         "initial_alignment": initial_alignment,
         "initial_translation_mm": shift.tolist(),
         "correlation_before": metrics.correlation(sitk.GetArrayViewFromImage(moving_on_fixed), fixed_arr),

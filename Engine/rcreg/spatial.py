@@ -7,7 +7,8 @@ channel ``i`` displaces tensor axis ``i`` (axes in ITK index order i, j, k). See
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ __all__ = [
     "affine_flow",
     "apply_matrix",
     "jacobian_determinant",
+    "integrate_velocity",
+    "resize_flow",
 ]
 
 
@@ -128,3 +131,33 @@ def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
     return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
             - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
             + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+    """Displacement of the stationary velocity field's exponential, by scaling and squaring.
+
+    velocity: ``(B, 3, X, Y, Z)`` in voxels; ``u = v / 2ˢ`` is composed with itself ``s`` times
+    (``u ← compose(u, u)``). ``steps=None`` picks the smallest ``s`` (at least 2) with ``max |v| / 2ˢ``
+    ≤ 1/4 voxel. For a smooth ``v`` the map ``p ↦ p + u(p)`` is then a diffeomorphism: det J > 0.
+    """
+    if steps is None:
+        largest = float(velocity.detach().abs().max())
+        steps = max(2, math.ceil(math.log2(max(largest, 1e-12) / 0.25)))
+    flow = velocity / (2 ** steps)
+    for _ in range(steps):
+        flow = compose(flow, flow)
+    return flow
+
+
+def resize_flow(flow: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A flow ``(B, 3, X, Y, Z)`` resampled (trilinear) onto another grid over the same box.
+
+    Both grids have their first and last voxel centres at the same points (corners aligned), so
+    values are also rescaled from voxels of the old grid to voxels of the new one along each axis.
+    """
+    shape = tuple(int(n) for n in shape)
+    if tuple(flow.shape[2:]) == shape:
+        return flow
+    scale = torch.tensor([(new - 1) / max(old - 1, 1) for new, old in zip(shape, flow.shape[2:])],
+                         device=flow.device, dtype=flow.dtype)
+    return F.interpolate(flow, size=shape, mode="trilinear", align_corners=True) * scale.view(1, 3, 1, 1, 1)

@@ -1,6 +1,7 @@
 """The bundled models: complete cards, and each one really registers a known smooth deformation of real
 anatomy (the FSL MNI152 2 mm brain of the `test` sample subset; CT: a synthetic body-and-lungs phantom, on
-which the CT model is known to fail: an expected failure that turns into an error once it passes)."""
+which the CT model alone is known to fail: an expected failure that turns into an error once it passes;
+with the default test-time refinement it succeeds)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,25 +33,24 @@ def _known_deformation(image: sitk.Image, amplitude_mm: float, seed: int) -> sit
     return sitk.Resample(image, image, transform, sitk.sitkLinear, float(np.min(sitk.GetArrayViewFromImage(image))))
 
 
-def _check_registers(moving: sitk.Image, fixed: sitk.Image, model: str, mask: np.ndarray) -> None:
-    result = register(moving, fixed, model=model, device="cpu")
+def _check_registers(moving: sitk.Image, fixed: sitk.Image, model: str, mask: np.ndarray, refine=0,
+                     removed: float = 0.5) -> None:
+    """At least the share ``removed`` of the correlation mismatch inside ``mask`` is removed, no folding."""
+    result = register(moving, fixed, model=model, device="cpu", refine=refine)
     f = sitk.GetArrayFromImage(fixed)[mask]
     before = np.corrcoef(sitk.GetArrayFromImage(moving)[mask], f)[0, 1]
     after = np.corrcoef(sitk.GetArrayFromImage(result.warped)[mask], f)[0, 1]
-    assert after > before + 0.5 * (1 - before), (before, after)  # at least half of the mismatch removed
+    assert after > before + removed * (1 - before), (before, after)
     detj = field_jacobian_determinant(result.displacement).transpose(2, 1, 0)  # (z, y, x) like the arrays
     assert (detj[mask] <= 0).mean() < 1e-3
 
 
-def test_brain_model_registers_a_known_deformation():
+def _brain_case() -> tuple[sitk.Image, sitk.Image]:
     brain = sitk.ReadImage(str(data.fetch(["mni152_2mm_t1_brain"])["mni152_2mm_t1_brain"]), sitk.sitkFloat32)
-    fixed = _known_deformation(brain, 6.0, seed=3)
-    _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0)
+    return brain, _known_deformation(brain, 6.0, seed=3)
 
 
-@pytest.mark.xfail(strict=True, reason="known weakness, docs/benchmarks.md: the CT model (64³ grid, 2 training CTs) "
-                   "makes this small deformation of a smooth geometric phantom worse (correlation 0.74 → 0.70)")
-def test_ct_model_registers_a_known_deformation():
+def _ct_phantom() -> tuple[sitk.Image, sitk.Image]:
     size, spacing = 96, 3.0
     z, y, x = np.mgrid[:size, :size, :size] * spacing - (size - 1) * spacing / 2
     body = (x / 140) ** 2 + (y / 100) ** 2 < 1
@@ -59,5 +59,26 @@ def test_ct_model_registers_a_known_deformation():
     hu += 300.0 * ((x / 15) ** 2 + ((y - 70) / 15) ** 2 < 1)  # a spine-like bright rod
     ct = sitk.GetImageFromArray(hu.astype(np.float32))
     ct.SetSpacing([spacing] * 3)
-    fixed = _known_deformation(ct, 8.0, seed=4)
+    return ct, _known_deformation(ct, 8.0, seed=4)
+
+
+def test_brain_model_alone_registers_a_known_deformation():
+    brain, fixed = _brain_case()
+    _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0)
+
+
+def test_brain_model_with_default_refinement_registers_a_known_deformation():
+    brain, fixed = _brain_case()
+    _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0, refine=None, removed=0.8)
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness, docs/benchmarks.md: the CT model alone (64³ grid, 2 training "
+                   "CTs) makes this small deformation of a smooth geometric phantom worse (correlation 0.74 → 0.70)")
+def test_ct_model_alone_registers_a_known_deformation():
+    ct, fixed = _ct_phantom()
     _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500)
+
+
+def test_ct_model_with_default_refinement_registers_a_known_deformation():
+    ct, fixed = _ct_phantom()
+    _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500, refine=None, removed=0.8)

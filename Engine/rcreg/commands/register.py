@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..registration import OUTPUT_FILES
+from ..refinement import REGULARIZATIONS, SIMILARITIES, RefineOptions
+from ..registration import NO_MODEL, OUTPUT_FILES
 
 HELP = "Register a moving image to a fixed image (writes warped image, transform, displacement field, metrics, figure)."
 
@@ -13,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving", "-m", required=True, help="moving image file or DICOM series folder")
     parser.add_argument("--fixed", "-f", required=True, help="fixed image (defines the output space)")
     parser.add_argument("--output-dir", "-o", required=True, help="folder for " + ", ".join(OUTPUT_FILES.values()))
-    parser.add_argument("--model", help="installed model name (see `rcreg models`) or checkpoint file; "
-                        "default: the installed model for the fixed image's modality")
+    parser.add_argument("--model", help="installed model name (see `rcreg models`) or checkpoint file, or "
+                        f"'{NO_MODEL}' (refinement alone); default: the installed model for the fixed image's modality")
     parser.add_argument("--cascades", type=int, help="use only the first N deformable cascades")
     parser.add_argument("--repeat", type=int, default=1, help="apply every cascade R times (test-time repeats)")
     parser.add_argument("--moving-labels", help="label map on the moving image's grid (warped; Dice/HD95 with --fixed-labels)")
@@ -25,12 +26,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-alignment", default="none", choices=["none", "geometry", "mass"],
                         help="first translate the moving image so the centres of the fields of view (geometry) or "
                         "of mass coincide — for images from different scanners or subjects (default: none)")
+    refine = parser.add_argument_group("test-time refinement (on by default; docs/registration.md)")
+    defaults = RefineOptions()
+    refine.add_argument("--refine", type=int, metavar="ITERATIONS", dest="refine_iterations",
+                        help="Adam iterations at the finest level (coarser levels run 2×, 4×, …); 0 = network only "
+                        f"(default: the model card's, else {defaults.iterations})")
+    refine.add_argument("--refine-similarity", choices=SIMILARITIES,
+                        help=f"ncc (local), correlation, mse or mi (CT, different contrasts); default {defaults.similarity}")
+    refine.add_argument("--refine-weight", type=float, help=f"regularisation weight (default {defaults.weight})")
+    refine.add_argument("--refine-regularization", choices=REGULARIZATIONS,
+                        help=f"smoothness term (default {defaults.regularization})")
+    refine.add_argument("--refine-levels", type=int, help=f"pyramid levels (default {defaults.levels})")
+    refine.add_argument("--refine-spacing", type=float, metavar="MM",
+                        help="finest level spacing in mm (default: the fixed image's, but ≥ 1.5 mm)")
+    refine.add_argument("--diffeomorphic", action="store_true", default=None,
+                        help="refine a stationary velocity field (scaling and squaring): det J > 0")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
 
 
 def _progress(fraction: float, message: str) -> None:
     print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def refine_arguments(args: argparse.Namespace) -> dict:
+    """The refinement options given on the command line (the rest come from the model card)."""
+    given = {"iterations": args.refine_iterations, "similarity": args.refine_similarity, "weight": args.refine_weight,
+             "regularization": args.refine_regularization, "levels": args.refine_levels,
+             "spacing": args.refine_spacing, "diffeomorphic": args.diffeomorphic}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         args.moving, args.fixed, model=args.model, cascades=args.cascades, repeat=args.repeat,
         device=args.device, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels,
         moving_points=args.moving_points, fixed_points=args.fixed_points, mask=args.mask,
-        initial_alignment=args.initial_alignment,
+        initial_alignment=args.initial_alignment, refine=refine_arguments(args),
         progress=None if args.quiet else _progress,
     )
     out = result.save(args.output_dir)

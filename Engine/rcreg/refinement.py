@@ -1,0 +1,302 @@
+"""Test-time refinement: optimising a pull-back field on the image pair itself (instance optimisation).
+
+Starting from an initial flow (the cascade's composed field, or zero), a displacement — or, with
+``diffeomorphic``, a stationary velocity field — is optimised by Adam over a pyramid of grids, coarse
+to fine. At each level the refinement lives on a control grid ``control`` times coarser than the
+level and is trilinearly upsampled; the similarity is measured on the level grid between the fixed
+image and the moving image pre-warped once by the initial flow. The result is the exact composition
+``φ_initial ∘ φ_refinement`` (``compose(initial, refinement)``) on the finest level.
+
+All tensors are ``(1, C, X, Y, Z)`` on grids that cover one box with their first and last voxel
+centres at the same points (``rcreg.spatial.resize_flow``); flows are pull-back, in voxels of their
+grid (docs/conventions.md). The physical pipeline (grids from the fixed image, the images on them)
+is :func:`rcreg.registration.register`'s ``refine`` option.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal, Optional, Sequence, get_args
+
+import torch
+import torch.nn.functional as F
+
+from .losses import local_ncc_loss, local_statistics, mse_loss, mutual_information_loss, pearson_loss
+from .spatial import compose, integrate_velocity, resize_flow, warp
+
+__all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "RefineOptions", "RefinementResult",
+           "Cancelled", "refine", "regularization_loss"]
+
+Similarity = Literal["ncc", "correlation", "mse", "mi"]
+Regularization = Literal["diffusion", "bending"]
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
+
+#: Similarities measured on a random voxel sample (drawn anew every iteration, as elastix's random
+#: coordinate sampler does) instead of every voxel; local NCC needs whole neighbourhoods.
+_SAMPLED = ("correlation", "mse", "mi")
+
+
+class Cancelled(RuntimeError):
+    """Raised when the ``cancel`` callback of :func:`refine` returns true."""
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """How to refine (every field keyword-only; docs/registration.md lists the CLI flags).
+
+    iterations: Adam steps at the finest level, each coarser level runs twice as many as the next
+    finer one (0 = no refinement); levels: pyramid levels, each half the resolution of the next;
+    spacing: finest level spacing in mm (``None``: the fixed image's finest spacing, but no finer than
+    1.5 mm — see docs/performance.md); similarity: ``ncc`` (local, ``window``³ voxels), ``correlation``
+    (global Pearson), ``mse``, ``mi`` (mutual information, for CT and pairs of different contrasts);
+    regularization: ``diffusion`` (squared first derivatives) or ``bending`` (squared second
+    derivatives) of the refinement, with ``weight``; control: control-point spacing in voxels of
+    each level; learning_rate: Adam's step in control-grid voxels; tolerance: a level ends early
+    when its loss fell by less than this fraction over the last ``_WINDOW`` iterations;
+    diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring
+    (det J > 0 for the refinement); samples: voxels drawn per iteration for the sampled
+    similarities.
+    """
+
+    iterations: int = 40
+    levels: int = 3
+    spacing: Optional[float] = None
+    similarity: Similarity = "ncc"
+    window: int = 5
+    regularization: Regularization = "diffusion"
+    weight: float = 1.0
+    control: int = 2
+    learning_rate: float = 0.2
+    tolerance: float = 1e-4
+    diffeomorphic: bool = False
+    samples: int = 32768
+
+    def __post_init__(self):
+        checks = [
+            (self.iterations >= 0, f"refinement iterations must be ≥ 0, got {self.iterations}"),
+            (self.levels >= 1, f"refinement levels must be ≥ 1, got {self.levels}"),
+            (self.spacing is None or self.spacing > 0, f"refinement spacing must be > 0 mm, got {self.spacing}"),
+            (self.similarity in SIMILARITIES,
+             f"unknown refinement similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}"),
+            (self.window >= 1 and self.window % 2 == 1, f"NCC window must be a positive odd number, got {self.window}"),
+            (self.regularization in REGULARIZATIONS,
+             f"unknown regularization {self.regularization!r}; choose one of {', '.join(REGULARIZATIONS)}"),
+            (self.weight >= 0 and math.isfinite(self.weight), f"refinement weight must be ≥ 0, got {self.weight}"),
+            (self.control >= 1, f"control-point spacing must be ≥ 1 voxel, got {self.control}"),
+            (self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}"),
+            (self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}"),
+            (self.samples >= 64, f"samples must be ≥ 64, got {self.samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def level_iterations(self) -> list[int]:
+        """Iterations per level, coarse to fine."""
+        return [self.iterations * 2 ** (self.levels - 1 - level) for level in range(self.levels)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RefinementResult:
+    """flow: ``compose(initial, refinement)`` on the finest grid ``(1, 3, X, Y, Z)`` (voxels);
+    refinement: the refinement's own displacement there; levels: per level (coarse to fine) its grid
+    shape, iterations run, seconds, and the similarity before and after."""
+
+    flow: torch.Tensor
+    refinement: torch.Tensor
+    levels: list[dict] = field(default_factory=list)
+
+
+_WINDOW = 10  # iterations over which the early-stopping criterion compares mean losses
+
+
+def regularization_loss(params: torch.Tensor, kind: Regularization = "diffusion") -> torch.Tensor:
+    """Smoothness of a displacement or velocity ``(1, 3, X, Y, Z)`` in voxels of its own grid.
+
+    ``diffusion``: mean over voxels of ``Σ_axes |∂u/∂x_axis|²`` (forward differences: dimensionless,
+    so equal on every level for one physical field); ``bending``: mean of the squared second
+    differences ``Σ_axes |∂²u/∂x_axis²|²`` plus twice the squared mixed ones.
+    """
+    if kind == "diffusion":
+        return sum(torch.diff(params, dim=d).square().mean() for d in (2, 3, 4))
+    if kind == "bending":
+        total = params.new_zeros(())
+        for a in (2, 3, 4):
+            first = torch.diff(params, dim=a)
+            for b in (2, 3, 4):
+                if b < a:
+                    continue
+                if params.shape[a] < 3 and b == a:
+                    continue
+                second = torch.diff(first, dim=b)
+                total = total + (1.0 if a == b else 2.0) * second.square().mean()
+        return total
+    raise ValueError(f"unknown regularization {kind!r}; choose one of {', '.join(REGULARIZATIONS)}")
+
+
+def _control_shape(shape: Sequence[int], control: int) -> list[int]:
+    """Control grid over the same box as ``shape``, about ``control`` voxels apart (≥ 2 per axis)."""
+    return [max(2, math.ceil((n - 1) / control) + 1) for n in shape]
+
+
+def _sample(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``volume`` ``(1, C, X, Y, Z)`` at voxel positions ``points`` ``(N, 3)`` → ``(C, N)``
+    (border values outside)."""
+    shape = volume.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=points.device, dtype=points.dtype)
+    grid = (points * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3)
+    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.view(volume.shape[1], -1)
+
+
+class _Level:
+    """The similarity at one pyramid level between ``fixed`` and ``moving`` warped by a displacement."""
+
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, mask: Optional[torch.Tensor],
+                 options: RefineOptions, generator: torch.Generator, base: Optional[torch.Tensor] = None):
+        self.fixed, self.moving, self.mask, self.options, self.base = fixed, moving, mask, options, base
+        self.shape = tuple(fixed.shape[2:])
+        self.generator = generator
+        if options.similarity in _SAMPLED:
+            inside = mask[0, 0] > 0 if mask is not None else torch.ones(self.shape, dtype=torch.bool, device=fixed.device)
+            self.candidates = inside.nonzero().to(fixed.dtype)  # (M, 3) voxel indices
+            if not len(self.candidates):
+                raise ValueError("the refinement mask is empty at this resolution")
+        else:
+            self.fixed_statistics = local_statistics(fixed, options.window)
+
+    def loss(self, displacement_on_control: torch.Tensor) -> torch.Tensor:
+        """Similarity loss for a displacement given on the control grid (control-grid voxels)."""
+        options = self.options
+        if options.similarity in _SAMPLED:
+            count = min(options.samples, len(self.candidates))
+            pick = torch.randint(len(self.candidates), (count,), generator=self.generator).to(self.candidates.device)
+            points = self.candidates[pick]  # level voxels
+            control_shape = displacement_on_control.shape[2:]
+            to_control = torch.tensor([(c - 1) / max(n - 1, 1) for c, n in zip(control_shape, self.shape)],
+                                      device=points.device, dtype=points.dtype)
+            moved = _sample(displacement_on_control, points * to_control).t() / to_control  # level voxels
+            if self.base is not None:
+                moved = moved + _sample(self.base, points).t()
+            f = _sample(self.fixed, points)
+            w = _sample(self.moving, points + moved)
+            if options.similarity == "mi":
+                return mutual_information_loss(f, w)
+            if options.similarity == "correlation":
+                return pearson_loss(f.unsqueeze(0), w.unsqueeze(0))
+            return mse_loss(f, w)
+        flow = resize_flow(displacement_on_control, self.shape)
+        warped = warp(self.moving, flow if self.base is None else flow + self.base)
+        return local_ncc_loss(self.fixed, warped, options.window, weights=self.mask,
+                              fixed_statistics=self.fixed_statistics)
+
+
+class _Adam:
+    """Adam (Kingma & Ba) on one tensor, in place. torch.optim.Adam's first step imports
+    torch.distributed and sympy (0.7 s on our CPUs), which is most of a small refinement's time."""
+
+    def __init__(self, params: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.first, self.second, self.steps = torch.zeros_like(params), torch.zeros_like(params), 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        (b1, b2), grad = self.betas, self.params.grad
+        self.steps += 1
+        self.first.lerp_(grad, 1 - b1)
+        self.second.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denominator = (self.second / (1 - b2 ** self.steps)).sqrt_().add_(self.eps)
+        self.params.addcdiv_(self.first, denominator, value=-self.lr / (1 - b1 ** self.steps))
+        self.params.grad = None
+
+
+def _displacement(params: torch.Tensor, diffeomorphic: bool) -> torch.Tensor:
+    """The refinement's displacement on the control grid: the parameters, or their exponential."""
+    return integrate_velocity(params) if diffeomorphic else params
+
+
+def refine(
+    fixed: Sequence[torch.Tensor],
+    moving: Sequence[torch.Tensor],
+    initial: torch.Tensor,
+    options: RefineOptions = RefineOptions(),
+    *,
+    masks: Optional[Sequence[torch.Tensor]] = None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    seed: int = 0,
+) -> RefinementResult:
+    """Refine ``initial`` on an image pair given as pyramids.
+
+    fixed, moving: one ``(1, 1, *shape_l)`` tensor per level, coarse to fine, all over one box (the
+    moving image already on the fixed grids); initial: ``(1, 3, *finest_shape)`` pull-back flow in
+    voxels of the finest grid; masks: optional fixed-image weights per level (similarity only
+    there). ``progress(fraction, message)`` is called every iteration; ``cancel()`` returning true
+    raises :class:`Cancelled`. ``seed`` fixes the voxel samples. Returns a :class:`RefinementResult`;
+    with ``options.iterations == 0`` its flow is ``initial`` itself.
+    """
+    if len(fixed) != options.levels or len(moving) != options.levels or (masks is not None and len(masks) != options.levels):
+        raise ValueError(f"refine needs {options.levels} pyramid levels for fixed, moving and masks")
+    finest = tuple(fixed[-1].shape[2:])
+    if tuple(initial.shape) != (1, 3, *finest):
+        raise ValueError(f"initial flow {tuple(initial.shape)} is not on the finest grid {finest}")
+    initial = initial.float()
+    if options.iterations == 0:
+        return RefinementResult(flow=initial, refinement=torch.zeros_like(initial))
+    report = progress or (lambda fraction, message: None)
+    budget = options.level_iterations()
+    total, done = sum(budget), 0
+    generator = torch.Generator().manual_seed(seed)
+    params: Optional[torch.Tensor] = None
+    levels: list[dict] = []
+    additive = not options.diffeomorphic
+    for level, iterations in enumerate(budget):
+        start = time.perf_counter()
+        shape = tuple(fixed[level].shape[2:])
+        control = _control_shape(shape, options.control)
+        mask = None if masks is None else masks[level].float()
+        if additive:
+            similarity = _Level(fixed[level].float(), moving[level].float(), mask, options, generator,
+                                base=resize_flow(initial, shape))
+            base_control = resize_flow(initial, control)
+        else:
+            with torch.no_grad():
+                prewarped = warp(moving[level].float(), resize_flow(initial, shape))
+            similarity = _Level(fixed[level].float(), prewarped, mask, options, generator)
+            base_control = 0.0
+        params = (torch.zeros(1, 3, *control, device=initial.device) if params is None
+                  else resize_flow(params.detach(), control)).requires_grad_(True)
+        optimizer = _Adam(params, options.learning_rate)
+        losses: list[float] = []
+        with torch.no_grad():
+            before = float(similarity.loss(_displacement(params, options.diffeomorphic)))
+        for step in range(iterations):
+            if cancel is not None and cancel():
+                raise Cancelled("registration cancelled")
+            loss = similarity.loss(_displacement(params, options.diffeomorphic))
+            if options.weight > 0:
+                loss = loss + options.weight * regularization_loss(params + base_control, options.regularization)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            report(done / total, f"refining level {level + 1}/{options.levels} {'×'.join(map(str, shape))}, "
+                                 f"iteration {step + 1}/{iterations}")
+            if len(losses) >= 2 * _WINDOW and step % _WINDOW == _WINDOW - 1:
+                previous, last = sum(losses[-2 * _WINDOW:-_WINDOW]) / _WINDOW, sum(losses[-_WINDOW:]) / _WINDOW
+                if previous - last < options.tolerance * abs(previous):
+                    break
+        with torch.no_grad():
+            after = float(similarity.loss(_displacement(params, options.diffeomorphic)))
+        done += iterations - len(losses)
+        levels.append({"shape": list(shape), "iterations": len(losses), "seconds": round(time.perf_counter() - start, 4),
+                       "similarity_before": before, "similarity_after": after})
+    with torch.no_grad():
+        refinement = resize_flow(_displacement(params.detach(), options.diffeomorphic), finest)
+        flow = initial + refinement if additive else compose(initial, refinement)
+    return RefinementResult(flow=flow, refinement=refinement, levels=levels)
