@@ -60,7 +60,7 @@ class RefineOptions:
     similarities.
     """
 
-    iterations: int = 40
+    iterations: int = 10
     levels: int = 3
     spacing: Optional[float] = None
     similarity: Similarity = "ncc"
