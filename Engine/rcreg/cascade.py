@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .networks import AffineNetwork, build_network
-from .spatial import affine_flow, apply_matrix, compose, warp
+from .spatial import affine_flow, apply_matrix, compose, integrate_velocity, warp
 
 
 @dataclass
@@ -28,6 +29,10 @@ class CascadeOutput:
     affine: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
+ARCHITECTURE = ("base", "n_cascades", "affine", "width", "affine_levels", "affine_translation", "diffeomorphic")
+"""The constructor options stored in checkpoints (``model.config``); the others are run-time choices."""
+
+
 class RecursiveCascadeNetwork(nn.Module):
     """``model(fixed, moving, repeat=1)``: affine cascade (optional) then ``n_cascades`` base networks.
 
@@ -36,6 +41,9 @@ class RecursiveCascadeNetwork(nn.Module):
 
     Options: ``width`` scales the channels of every network; ``affine_levels`` and
     ``affine_translation`` shape the affine network (:class:`~rcreg.networks.AffineNetwork`);
+    ``diffeomorphic`` treats each deformable cascade's (scaled) output as a stationary velocity field
+    and integrates it by scaling and squaring before composition, so every cascade's map, and hence
+    their composition, has det J > 0 (the flows in ``stage_flows`` are then the integrated ones);
     ``checkpoint`` recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
     ``amp`` runs the networks under bf16 autocast (warping stays fp32); ``channels_last`` uses the
     channels-last-3d memory format.
@@ -47,9 +55,10 @@ class RecursiveCascadeNetwork(nn.Module):
         n_cascades: int = 3,
         affine: bool = True,
         width: float = 1.0,
+        *,
         affine_levels: int = 6,
         affine_translation: str = "voxels",
-        *,
+        diffeomorphic: bool = False,
         checkpoint: bool = False,
         amp: bool = False,
         channels_last: bool = False,
@@ -58,9 +67,10 @@ class RecursiveCascadeNetwork(nn.Module):
         if n_cascades < 0 or (n_cascades == 0 and not affine):
             raise ValueError("need at least one cascade (affine or deformable)")
         self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width, affine_levels=affine_levels,
-                           affine_translation=affine_translation)
+                           affine_translation=affine_translation, diffeomorphic=diffeomorphic)
         self.affine = AffineNetwork(width=width, levels=affine_levels, translation=affine_translation) if affine else None
         self.cascades = nn.ModuleList(build_network(base, width=width) for _ in range(n_cascades))
+        self.diffeomorphic = diffeomorphic
         self.checkpoint = checkpoint
         self.amp = amp
         self.channels_last = channels_last
@@ -70,6 +80,13 @@ class RecursiveCascadeNetwork(nn.Module):
     @property
     def n_cascades(self) -> int:
         return len(self.cascades)
+
+    @classmethod
+    def architecture(cls, config: Mapping[str, Any]) -> dict:
+        """A stored architecture (a checkpoint's ``model`` entry) completed with the defaults of the
+        options it predates, so it compares equal to ``model.config`` of the network it builds."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {**{name: parameters[name].default for name in ARCHITECTURE}, **config}
 
     def _run(self, net: nn.Module, fixed: torch.Tensor, moving: torch.Tensor):
         """One network on (fixed, moving), under bf16 autocast if ``amp``; outputs in fp32."""
@@ -93,8 +110,11 @@ class RecursiveCascadeNetwork(nn.Module):
 
         After the affine cascade (``matrix`` given) the composition is the exact ``u = a + A f`` (the
         linear affine field is never interpolated, so no border clamping); later ``u = compose(u, f)``.
+        With ``diffeomorphic`` the network's output is a velocity field and f its exponential's displacement.
         """
         f = self._run(net, fixed, warp(moving, flow)) * scale
+        if self.diffeomorphic:
+            f = integrate_velocity(f)
         return f, (flow + apply_matrix(matrix, f) if matrix is not None else compose(flow, f))
 
     def _call(self, fn: Callable, *args):

@@ -177,3 +177,61 @@ def test_affine_similarity_scores_the_affine_warp_alone_and_trains_the_affine_ca
     assert "affine_similarity" not in RegistrationLoss()(rest, fixed)[1]  # off by default (the paper)
     with pytest.raises(ValueError, match="needs the moving image"):
         loss(rest, fixed)
+
+
+class _Smoothed(torch.nn.Module):
+    """A base network whose output flow is smoothed by three box filters of width 2r + 1 (≈ Gaussian, σ ≈ r):
+    the smooth fields a trained network gives, from random weights."""
+
+    def __init__(self, net: torch.nn.Module, radius: int = 3):
+        super().__init__()
+        self.net, self.radius = net, radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flow = self.net(x)
+        for _ in range(3):
+            flow = torch.nn.functional.avg_pool3d(
+                torch.nn.functional.pad(flow, [self.radius] * 6, mode="replicate"), 2 * self.radius + 1, stride=1)
+        return flow
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_diffeomorphic_cascades_do_not_fold_where_plain_ones_do(seed):
+    from rcreg.spatial import jacobian_determinant
+
+    torch.manual_seed(seed)
+    fixed, moving = image_pair(seed=seed)
+    plain = RecursiveCascadeNetwork("vtn", n_cascades=3, affine=False, width=WIDTH)
+    diffeo = RecursiveCascadeNetwork("vtn", n_cascades=3, affine=False, width=WIDTH, diffeomorphic=True)
+    diffeo.load_state_dict(plain.state_dict())  # the option adds no weights
+    for model in (plain, diffeo):
+        model.cascades = torch.nn.ModuleList(_Smoothed(net) for net in model.cascades)
+    with torch.no_grad():
+        largest = plain.cascades[0](torch.cat([fixed, moving], 1)).abs().max() / plain.n_cascades
+        for model in (plain, diffeo):  # weights scaled up: each cascade's own (scaled) output reaches 7 voxels
+            for net in model.cascades:
+                net.net.flow_scale *= 7.0 / float(largest)
+        out_plain, out_diffeo = plain(fixed, moving), diffeo(fixed, moving)
+    assert out_plain.stage_flows[0].abs().max() == pytest.approx(7.0, rel=1e-3)
+    assert (jacobian_determinant(out_plain.flow) <= 0).float().mean() > 1e-3  # displacements this large fold
+    assert jacobian_determinant(out_diffeo.flow).min() > 0
+    # each cascade's own flow is the exponential of its output, not the output itself
+    assert out_diffeo.flow.abs().max() > 1.0 and not torch.allclose(out_diffeo.stage_flows[0], out_plain.stage_flows[0])
+    for f in out_diffeo.stage_flows:
+        assert jacobian_determinant(f).min() > 0
+
+
+def test_diffeomorphic_option_is_stored_and_old_checkpoints_load(tmp_path):
+    from rcreg.checkpoint import model_from_checkpoint, save_checkpoint
+
+    model = RecursiveCascadeNetwork("vtn", n_cascades=1, affine=True, width=WIDTH, diffeomorphic=True)
+    save_checkpoint(tmp_path / "diffeo.pt", model, {})
+    loaded, _ = model_from_checkpoint(tmp_path / "diffeo.pt")
+    assert loaded.diffeomorphic and loaded.config == model.config
+    old = torch.load(tmp_path / "diffeo.pt", weights_only=True)
+    for key in ("diffeomorphic", "affine_levels", "affine_translation"):  # a file written before these options
+        del old["model"][key]
+    torch.save(old, tmp_path / "old.pt")
+    loaded, _ = model_from_checkpoint(tmp_path / "old.pt")
+    assert not loaded.diffeomorphic and loaded.config == RecursiveCascadeNetwork.architecture(old["model"])
+    assert loaded.config == dict(model.config, diffeomorphic=False)
