@@ -9,11 +9,11 @@ import argparse
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "add_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "ConfigError", "choices", "load_config", "add_arguments", "config_from_args"]
 
 
 class ConfigError(ValueError):
@@ -36,9 +36,9 @@ class TrainConfig:
                                       "moving_labels])", "data")
     val: Optional[str] = _opt(None, "validation images or pairs in the same formats, with label maps; scored every "
                                     "--val-every steps (Dice picks the best checkpoint)", "data")
-    mode: str = _opt("pairwise", "pairwise: random pairs of training images; atlas: every image to the fixed --atlas "
-                                 "(the paper's brain set-up); paired: the explicit pairs of a pair list", "data",
-                     choices=("pairwise", "atlas", "paired"))
+    mode: Literal["pairwise", "atlas", "paired"] = _opt(
+        "pairwise", "pairwise: random pairs of training images; atlas: every image to the fixed --atlas (the paper's "
+                    "brain set-up); paired: the explicit pairs of a pair list", "data")
     atlas: Optional[str] = _opt(None, "fixed atlas image for mode atlas", "data")
     atlas_labels: Optional[str] = _opt(None, "label map of the atlas (for validation Dice / Dice supervision)", "data")
     val_pairs: int = _opt(16, "most validation pairs scored (pairwise: consecutive images of the list)", "data")
@@ -47,8 +47,8 @@ class TrainConfig:
     name: str = _opt("custom", "model name written into the model card", "model card")
     description: str = _opt("", "one-line description for the model card", "model card")
     modality: str = _opt("unknown", "image modality for the model card (e.g. MR, CT)", "model card")
-    grid: list = _opt([128, 128, 128], "network grid size X Y Z (voxels; isotropic spacing covering the fixed image)",
-                      "model card", nargs=3, type=int)
+    grid: list[int] = _opt([128, 128, 128], "network grid size X Y Z (voxels; isotropic spacing covering the fixed image)",
+                      "model card", nargs=3)
     normalization: dict = _opt({"type": "percentile", "low": 1, "high": 99},
                                "intensity normalisation as JSON, e.g. '{\"type\": \"window\", \"min\": -1000, \"max\": 400}'",
                                "model card", type=json.loads)
@@ -59,12 +59,15 @@ class TrainConfig:
     affine: bool = _opt(True, "start with the affine cascade", "model")
     affine_levels: int = _opt(6, "encoder levels of the affine network, whose head reads the last one pooled to 2³ "
                                  "(6: the paper's, a 2³ map at a 128³ grid; use 5 for a 64³ grid)", "model")
-    affine_translation: str = _opt("voxels", "unit of the affine head's translation output: voxels (the paper's; "
-                                            "learns about lr voxels per step) or extent (half the grid extent)",
-                                   "model", choices=("voxels", "extent"))
+    affine_translation: Literal["voxels", "extent"] = _opt(
+        "voxels", "unit of the affine head's translation output: voxels (the paper's; learns about lr voxels per "
+                  "step) or extent (half the grid extent)", "model")
+    diffeomorphic: bool = _opt(False, "each deformable cascade predicts a stationary velocity field, integrated by "
+                                      "scaling and squaring before composition (det J > 0 for smooth fields; not in "
+                                      "the paper)", "model")
     # loss
-    similarity: str = _opt("pearson", "similarity: pearson (the paper's global correlation), ncc (local) or mse", "loss",
-                           choices=("pearson", "ncc", "mse"))
+    similarity: Literal["pearson", "ncc", "mse"] = _opt(
+        "pearson", "similarity: pearson (the paper's global correlation), ncc (local) or mse", "loss")
     reg_weight: float = _opt(1.0, "weight of the smoothness of every cascade's flow", "loss")
     det_weight: float = _opt(0.1, "weight of the affine determinant loss", "loss")
     ortho_weight: float = _opt(0.1, "weight of the affine orthogonality loss", "loss")
@@ -92,8 +95,8 @@ class TrainConfig:
     iterations: int = _opt(100_000, "training steps", "optimisation")
     batch_size: int = _opt(4, "pairs per step and process", "optimisation")
     lr: float = _opt(1e-4, "Adam learning rate", "optimisation")
-    lr_steps: list = _opt([60_000, 80_000], "steps at which the learning rate is multiplied by --lr-factor",
-                          "optimisation", nargs="*", type=int)
+    lr_steps: list[int] = _opt([60_000, 80_000], "steps at which the learning rate is multiplied by --lr-factor",
+                               "optimisation", nargs="*")
     lr_factor: float = _opt(0.5, "learning-rate factor applied at each of --lr-steps", "optimisation")
     amp: bool = _opt(False, "bf16 autocast for the networks (warping stays fp32)", "optimisation")
     channels_last: bool = _opt(False, "channels-last-3d memory format", "optimisation")
@@ -118,8 +121,30 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of :class:`~rcreg.cascade.RecursiveCascadeNetwork` for this configuration."""
+        return dict(base=self.base, n_cascades=self.cascades, affine=self.affine, width=self.width,
+                    affine_levels=self.affine_levels, affine_translation=self.affine_translation,
+                    diffeomorphic=self.diffeomorphic, checkpoint=self.checkpointing, amp=self.amp,
+                    channels_last=self.channels_last)
+
+    def loss_kwargs(self) -> dict:
+        """Keyword arguments of :class:`~rcreg.losses.RegistrationLoss` for this configuration."""
+        return dict(similarity=self.similarity, reg_weight=self.reg_weight, det_weight=self.det_weight,
+                    ortho_weight=self.ortho_weight, dice_weight=self.dice_weight,
+                    affine_similarity_weight=self.affine_similarity)
+
+    def augmentation_kwargs(self) -> dict:
+        """Keyword arguments of :class:`~rcreg.training.augmentation.AugmentationSettings` (same names)."""
+        from .augmentation import AugmentationSettings
+
+        return {f.name: getattr(self, f.name) for f in fields(AugmentationSettings)}
+
     def check(self) -> "TrainConfig":
-        """Raise :class:`ConfigError` for values out of range (before any work starts)."""
+        """Raise :class:`ConfigError` for values of the wrong type or out of range (before any work starts);
+        ints given for float options become floats."""
+        for name in _FIELDS:
+            setattr(self, name, _typed(name, getattr(self, name)))
         for name in ("iterations", "batch_size", "save_every", "val_every", "log_every", "image_every", "val_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -135,14 +160,65 @@ class TrainConfig:
             raise ConfigError("no training data: set `train` in the config or pass --train PATH")
         if self.mode == "atlas" and self.atlas is None:
             raise ConfigError("mode atlas needs an atlas image (--atlas PATH)")
-        for name in ("mode", "similarity", "affine_translation"):
-            choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        from ..networks import available_networks
+
+        if self.base not in available_networks():
+            raise ConfigError(f"base must be one of {', '.join(available_networks())}, got {self.base!r}")
         return self
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = get_type_hints(TrainConfig)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_LISTS = {int: "integers", float: "numbers", str: "strings"}
+
+
+def _option_type(name: str) -> tuple[Any, bool]:
+    """The type of option ``name`` without ``Optional`` (a class, ``list[...]`` or ``Literal[...]``) and
+    whether it may be None."""
+    hint = _HINTS[name]
+    if get_origin(hint) is Union:
+        return next(a for a in get_args(hint) if a is not type(None)), True
+    return hint, False
+
+
+def choices(name: str) -> Optional[tuple[str, ...]]:
+    """The allowed values of an option typed ``Literal[...]``, else None."""
+    hint, _ = _option_type(name)
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` (an int is a valid float, a bool is no number); raises TypeError otherwise."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        raise TypeError
+    return value
+
+
+def _typed(name: str, value: Any) -> Any:
+    """``value`` checked against the type of option ``name``; a one-line :class:`ConfigError` names the key."""
+    hint, optional = _option_type(name)
+    if value is None and optional:
+        return None
+    allowed = choices(name)
+    if allowed is not None:
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if get_origin(hint) is list:
+        kind = get_args(hint)[0]
+        try:
+            if not isinstance(value, list):
+                raise TypeError
+            return [_scalar(kind, v) for v in value]
+        except TypeError:
+            raise ConfigError(f"{name} must be a list of {_LISTS[kind]}, got {value!r}") from None
+    try:
+        return _scalar(hint, value)
+    except TypeError:
+        raise ConfigError(f"{name} must be {_KINDS[hint]}{' or null' if optional else ''}, got {value!r}") from None
 
 
 def load_config(path: str | Path) -> dict:
@@ -159,6 +235,10 @@ def load_config(path: str | Path) -> dict:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    try:
+        data = {key: _typed(key, value) for key, value in data.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     for key in ("train", "val", "atlas", "atlas_labels", "cache", "init"):
         value = data.get(key)
         if isinstance(value, str) and ":" not in value[:8] and not Path(value).expanduser().is_absolute():
@@ -181,11 +261,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
+        hint, _ = _option_type(f.name)
+        if choices(f.name) is not None:
+            kwargs["choices"] = choices(f.name)
         if "nargs" in meta:
             kwargs["nargs"] = meta["nargs"]
-        kind = meta.get("type") or (type(default) if default is not None else str)
+        kind = meta.get("type") or (get_args(hint)[0] if get_origin(hint) is list else
+                                    str if get_origin(hint) is Literal else hint)
         group.add_argument(flag, type=kind, **kwargs)
 
 
@@ -193,13 +275,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults ← config file ← flags into a checked :class:`TrainConfig`."""
     values = load_config(args.config) if getattr(args, "config", None) else {}
     values.update({name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None})
-    try:
-        config = TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-    for name, f in _FIELDS.items():  # YAML gives ints for floats; coerce simple scalars
-        value = getattr(config, name)
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, name, float(value))
-    return config.check()
+    return TrainConfig(**values).check()
