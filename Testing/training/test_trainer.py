@@ -34,6 +34,8 @@ def test_loss_falls_and_dice_beats_unregistered(tiny_config, shifted_pair):
     assert np.mean(similarity[-5:]) < 0.7 * np.mean(similarity[:5])
     final = _rows(f"{config.output}/val_log.csv")[-1]
     assert float(final["dice"]) > unregistered + 0.1, (final, unregistered)
+    assert float(final["unregistered_dice"]) == pytest.approx(unregistered, abs=1e-5)  # logged beside it
+    assert final["unregistered_score"] == final["unregistered_dice"]
 
 
 def _interrupt_at(step):
@@ -185,8 +187,12 @@ def test_init_with_another_architecture_or_missing_file_fails_before_training(ti
     first = train(tiny_config(output=str(tmp_path / "first"), iterations=1, cascades=1))
     output = tmp_path / "other"
     with pytest.raises(ValueError, match="init .*last.pt"):
-        train(tiny_config(output=str(output), init=str(first.last), cascades=2))
-    assert not (output / "last.pt").exists()
+        train(tiny_config(output=str(output), init=str(first.last), cascades=2, cache=str(tmp_path / "new-cache")))
+    assert not (output / "last.pt").exists() and not (tmp_path / "new-cache").exists()  # failed before preprocessing
+    # a displacement model may be fine-tuned as a diffeomorphic one (same weights; small fields ≈ their velocity)
+    diffeo = train(tiny_config(output=str(tmp_path / "diffeo"), init=str(first.last), cascades=1, iterations=1,
+                               diffeomorphic=True))
+    assert diffeo.model.diffeomorphic and torch.load(diffeo.last, weights_only=True)["model"]["diffeomorphic"]
     assert main(["train", "--train", str(phantom_list), "--init", str(tmp_path / "none.pt"), "--output", str(output)]) == 1
     assert "none.pt" in capsys.readouterr().err
 

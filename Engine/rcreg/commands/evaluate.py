@@ -5,11 +5,13 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 HELP = "score a model on a pair list (Dice, HD95, landmark error, folding, SDlogJ, time) for repeats 1..R"
 
-_COLUMNS = ["dice", "hd95", "landmark_error", "folding_fraction", "sdlogj", "correlation", "time_s"]
+_COLUMNS = ["dice", "hd95", "landmark_error", "folding_fraction", "sdlogj", "correlation", "time_s",
+            "unregistered_dice", "unregistered_correlation", "unregistered_landmark_error"]  # the pair as given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_path
     from ..models import select_device
     from ..training.datasets import VolumeCache, read_pair_list
-    from ..training.evaluation import score_pair, summarize
+    from ..training.evaluation import score_pair, summarize, worse_than_unregistered
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
                            for label, values in scores["per_label"].items()]
             print(f"pair {index} ({fixed.name} <- {moving.name}) r={r}: "
                   + ", ".join(f"{k} {scores[k]:.4g}" for k in _COLUMNS if not math.isnan(scores[k])))
+            if worse_than_unregistered(scores):
+                print(f"warning: pair {index} r={r}: {', '.join(worse_than_unregistered(scores))} worse than without "
+                      "registration", file=sys.stderr)
     output = Path(args.output)
     for name, table in (("evaluation.csv", rows), ("labels.csv", label_rows)):
         if table:

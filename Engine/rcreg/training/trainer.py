@@ -30,7 +30,7 @@ from . import distributed
 from .augmentation import AugmentationSettings, augment_intensity, augment_spatial
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, PairEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
-from .evaluation import score_pair, summarize
+from .evaluation import UNREGISTERED, score_pair, summarize
 from .logbook import TrainingLog
 from .state import capture_rng, export_inference, learning_rate, restore_rng, step_generator
 
@@ -76,6 +76,11 @@ def resolve_sources(config: TrainConfig) -> DataSources:
         raise InputError(f"mode pairwise needs at least 2 training images, {config.train} gives {len(train)}")
     if config.mode == "pairwise" and config.val and len(val) < 2:
         raise InputError(f"pairwise validation needs at least 2 images, {config.val} gives {len(val)}")
+    if config.dice_weight > 0:
+        images = [e for p in train for e in (p.fixed, p.moving)] if pairs else [*train, *([atlas] if atlas else [])]
+        missing = [e.name for e in images if e.labels is None]
+        if missing:
+            raise InputError(f"{config.train}: Dice supervision needs label maps; missing for {', '.join(missing[:3])}")
     return DataSources(train, val, atlas)
 
 
@@ -144,15 +149,16 @@ def _one_hot(labels: torch.Tensor, values: list[int]) -> torch.Tensor:
 
 
 def _validate(model: RecursiveCascadeNetwork, pairs: list[tuple[Volume, Volume]], device) -> dict:
-    """Mean scores over the validation pairs; ``score`` is Dice when labels exist, else correlation."""
+    """Mean scores over the validation pairs; ``score`` is Dice when labels exist, else correlation, and
+    ``unregistered_score`` the same for the pairs left unregistered."""
     was_training = model.training
     model.eval()
     rows = [score_pair(model, f, m, device=device, surface_distance=False) for f, m in pairs]
     model.train(was_training)
-    means = {k: v[0] for k, v in summarize(rows, ["dice", "correlation", "folding_fraction", "sdlogj", "landmark_error"]).items()}
-    use_dice = not math.isnan(means["dice"])
-    means["score"] = means["dice"] if use_dice else means["correlation"]
-    means["metric"] = "dice" if use_dice else "correlation"
+    keys = ["dice", "correlation", "folding_fraction", "sdlogj", "landmark_error", *(f"unregistered_{k}" for k in UNREGISTERED)]
+    means = {k: v[0] for k, v in summarize(rows, keys).items()}
+    metric = "dice" if not math.isnan(means["dice"]) else "correlation"
+    means["score"], means["unregistered_score"], means["metric"] = means[metric], means[f"unregistered_{metric}"], metric
     return means
 
 
@@ -189,6 +195,18 @@ class _Run:
         if threads:
             torch.set_num_threads(threads)
 
+        torch.manual_seed(config.seed)  # the model and its checks first: config errors before preprocessing
+        self.model = RecursiveCascadeNetwork(**config.model_kwargs()).to(ctx.device)
+        self.optimizer = make_optimizer(self.model.parameters(), config.lr)
+        self.loss = RegistrationLoss(**config.loss_kwargs())
+        self.augment = AugmentationSettings(**config.augmentation_kwargs())
+        self.step = 0
+        self.best = {"score": -math.inf, "step": None, "metric": None}
+        if config.resume:
+            self._restore()
+        elif init is not None:
+            self._initialise(init.network, config.init)
+
         cache = VolumeCache(Path(config.cache) if config.cache else self.output / "cache", model_card(config, 0, 0))
         if ctx.is_main:  # rank 0 preprocesses; the others then read the cache
             self.data, self.val = _load_data(config, sources, cache)
@@ -196,24 +214,6 @@ class _Run:
         if not ctx.is_main:
             self.data, self.val = _load_data(config, sources, cache)
         self.label_values = self.data.label_values() if config.dice_weight > 0 else []
-
-        torch.manual_seed(config.seed)
-        self.model = RecursiveCascadeNetwork(config.base, config.cascades, config.affine, config.width,
-                                             config.affine_levels, config.affine_translation,
-                                             checkpoint=config.checkpointing, amp=config.amp,
-                                             channels_last=config.channels_last).to(ctx.device)
-        self.optimizer = make_optimizer(self.model.parameters(), config.lr)
-        self.loss = RegistrationLoss(config.similarity, config.reg_weight, config.det_weight,
-                                     config.ortho_weight, config.dice_weight, config.affine_similarity)
-        self.augment = AugmentationSettings(config.ffd_amplitude, config.ffd_control_points, config.rotation,
-                                            config.scaling, config.translation, config.gamma, config.bias_field,
-                                            config.noise)
-        self.step = 0
-        self.best = {"score": -math.inf, "step": None, "metric": None}
-        if config.resume:
-            self._restore()
-        elif init is not None:
-            self._initialise(init.network, config.init)
         self.net = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
         self.log = TrainingLog(self.output, config.tensorboard, self.step if config.resume else None) if ctx.is_main else None
@@ -227,7 +227,7 @@ class _Run:
         state = ckpt.get("training")
         if state is None:
             raise CheckpointError(f"{self.last_path} holds no training state (an inference file cannot be resumed)")
-        if ckpt["model"] != self.model.config:
+        if RecursiveCascadeNetwork.architecture(ckpt["model"]) != self.model.config:
             raise CheckpointError(f"{self.last_path} is a {ckpt['model']} model but the config asks for {self.model.config}")
         self.model.load_state_dict(ckpt["state_dict"])
         self.init_provenance = ckpt.get("card", {}).get("training", {}).get("init")  # a fine-tuned run stays one
@@ -242,9 +242,10 @@ class _Run:
         Only the affine network's shape (``affine_levels``, ``affine_translation``) may differ: its weights
         that fit are copied and the rest (its head) start afresh; the card's ``training.init.fresh`` lists
         them. With another translation unit the head always starts afresh (its outputs would mean another thing).
+        ``diffeomorphic`` may differ too: a small displacement field is close to its velocity field.
         """
         def body(config: dict) -> dict:
-            return dict(config, affine_levels=None, affine_translation=None)
+            return dict(config, affine_levels=None, affine_translation=None, diffeomorphic=None)
 
         if source is None or body(source.config) != body(self.model.config):
             found = source.config if source is not None else "not a recursive cascade network"
@@ -308,6 +309,9 @@ class _Run:
     def _validate(self) -> None:
         scores = _validate(self.model, self.val, self.ctx.device)
         self.log.scalars("val", self.step, {k: v for k, v in scores.items() if k != "metric"})
+        if scores["score"] < scores["unregistered_score"]:
+            tqdm.write(f"warning: step {self.step}: validation {scores['metric']} {scores['score']:.4f} is worse than "
+                       f"without registration ({scores['unregistered_score']:.4f})", file=sys.stderr)
         if scores["score"] > self.best["score"]:
             self.best = {"score": scores["score"], "step": self.step, "metric": scores["metric"]}
             save_checkpoint(self.best_path, self.model, self._card(self._best_card()))
