@@ -28,6 +28,27 @@ def test_folder_glob_csv_and_json_lists_agree(phantom_list, tmp_path):
     assert read_image_list(listing) == from_csv
 
 
+def test_text_lists_and_nested_folders(phantom_list, tmp_path):
+    """A VoxelMorph-style .txt list (one path a line) is a list, not an image; folders are searched recursively."""
+    images = [e.image for e in read_image_list(phantom_list)]
+    listing = tmp_path / "lists" / "train.txt"
+    listing.parent.mkdir()
+    lines = [str(images[0]), "", "# a comment", f"../nested/a/{images[1].name}", f"../nested/a/b/{images[2].name}"]
+    listing.write_text("\n".join(lines) + "\n")
+    for relative in ("a", "a/b"):
+        (tmp_path / "nested" / relative).mkdir(parents=True)
+    for image, relative in ((images[1], "a"), (images[2], "a/b")):
+        (tmp_path / "nested" / relative / image.name).write_bytes(image.read_bytes())
+    (tmp_path / "nested" / "notes.txt").write_text("not an image")
+    assert [e.image for e in read_image_list(listing)] == [images[0], tmp_path / "lists/../nested/a" / images[1].name,
+                                                           tmp_path / "lists/../nested/a/b" / images[2].name]
+    assert [e.image for e in read_image_list(tmp_path / "nested")] == [tmp_path / "nested/a/b" / images[2].name,
+                                                                      tmp_path / "nested/a" / images[1].name]  # sorted
+    listing.write_text(f"{images[0]}\nmissing.nii.gz\n")
+    with pytest.raises(InputError, match=r"train.txt: image file not found: .*missing.nii.gz"):
+        read_image_list(listing)
+
+
 def test_missing_files_give_one_line_errors(phantom_list, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(f"image,labels\n{phantom_list.parent / 'phantom00.nii.gz'},nowhere.nii.gz\n")

@@ -82,9 +82,13 @@ def _existing(value: Optional[str], base: Path, source: Path, column: str) -> Op
 
 
 def _records(source: Path) -> list[dict]:
-    """Rows of a CSV file (with a header) or entries of a JSON list, as dictionaries."""
+    """Rows of a CSV file (with a header), entries of a JSON list or lines of a text file (one image path a
+    line, VoxelMorph's format; blank lines and ``#`` comments skipped), as dictionaries."""
     try:
-        if source.suffix.lower() == ".csv":
+        if source.suffix.lower() == ".txt":
+            lines = (line.strip() for line in source.read_text(encoding="utf-8").splitlines())
+            rows = [{"image": line} for line in lines if line and not line.startswith("#")]
+        elif source.suffix.lower() == ".csv":
             with open(source, newline="", encoding="utf-8") as fh:
                 rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
                         for row in csv.DictReader(line for line in fh if not line.startswith("#"))]
@@ -116,9 +120,10 @@ def _sample_entries(spec: str) -> list[ImageEntry]:
 
 
 def read_image_list(source: str | os.PathLike) -> list[ImageEntry]:
-    """Entries of an image list: a folder (every image file in it), a glob pattern, a CSV or JSON list
-    (key ``image``, optional ``labels`` and ``landmarks``; paths relative to the list's folder), one
-    image, or ``sample:NAME[+LABELS],…`` (the project's sample data, see ``rcreg data list``).
+    """Entries of an image list: a folder (every image file in it and its subfolders), a glob pattern, a
+    CSV or JSON list (key ``image``, optional ``labels`` and ``landmarks``), a text file of image paths
+    (one a line; list paths are relative to the list's folder), one image, or ``sample:NAME[+LABELS],…``
+    (the project's sample data, see ``rcreg data list``).
 
     Every named file is checked to exist; errors are one line naming the list and the file.
     """
@@ -135,11 +140,11 @@ def read_image_list(source: str | os.PathLike) -> list[ImageEntry]:
     if not path.exists():
         raise InputError(f"data list not found: {path}")
     if path.is_dir():
-        entries = [ImageEntry(p) for p in sorted(path.iterdir()) if _is_image(p)]
+        entries = [ImageEntry(p) for p in sorted(path.rglob("*")) if _is_image(p)]
         if not entries:
-            raise InputError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)}), nor do its subfolders")
         return entries
-    if path.suffix.lower() not in (".csv", ".json"):
+    if path.suffix.lower() not in (".csv", ".json", ".txt"):
         return [ImageEntry(path)]
     entries = []
     for row in _records(path):
