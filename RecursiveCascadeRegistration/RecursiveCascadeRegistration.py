@@ -6,6 +6,7 @@ docs/conventions.md in the source repository.
 """
 import logging
 import unittest
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -55,10 +56,29 @@ except ImportError:
 
 from RecursiveCascadeRegistrationLib import RegistrationCancelled
 from RecursiveCascadeRegistrationLib import RecursiveCascadeRegistrationLogic as RegistrationLogic
-from RecursiveCascadeRegistrationLib import display, engine
+from RecursiveCascadeRegistrationLib import choices, display, engine
 from RecursiveCascadeRegistrationLib.logic import metricsTable
 
-FROM_FILE = "Checkpoint file..."
+SAMPLE_NAME = "RecursiveCascadeRegistration phantom pair"
+
+
+def registerSampleData() -> bool:
+    """Offer the synthetic phantom pair (oblique, anisotropic grids) in the Sample Data module.
+
+    Returns False where there is no SampleData module (e.g. under slicer-core). The pair is computed,
+    not downloaded; with the model "none" (refinement alone) it registers without any trained model.
+    """
+    try:
+        import SampleData
+    except ImportError:
+        return False
+    from RecursiveCascadeRegistrationLib import testing
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Registration", sampleName=SAMPLE_NAME,
+        thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "RecursiveCascadeRegistration.png"),
+        customDownloader=lambda source: testing.addPhantomPair(slicer.mrmlScene))
+    return True
 
 
 class RecursiveCascadeRegistration(ScriptedLoadableModule):
@@ -78,12 +98,15 @@ class RecursiveCascadeRegistration(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Method: S. Zhao, Y. Dong, E. Chang, Y. Xu, Recursive Cascaded Networks for Unsupervised "
             "Medical Image Registration, ICCV 2019.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 @parameterNodeWrapper
 class RecursiveCascadeRegistrationParameterNode:
-    """Panel state, stored in the scene. ``model`` is a bundled model name, a checkpoint path, or empty
-    for the default model; ``cascades`` −1 means all of the model's cascades."""
+    """Panel state, stored in the scene. ``model`` is a bundled model name, a checkpoint path, ``"none"``
+    (refinement alone) or empty for the default model; ``cascades`` −1 means all of the model's cascades;
+    ``refineIterations`` −1 and ``refineSimilarity`` "default" leave them to the model card, 0 iterations
+    runs the network only."""
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
@@ -93,6 +116,11 @@ class RecursiveCascadeRegistrationParameterNode:
     cascades: Annotated[int, WithinRange(-1, 64)] = -1
     repeat: Annotated[int, WithinRange(1, 10)] = 1
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    fixedMask: vtkMRMLSegmentationNode
+    initialAlignment: Annotated[str, Choice(choices.INITIAL_ALIGNMENTS)] = "none"
+    refineIterations: Annotated[int, WithinRange(-1, 1000)] = -1
+    refineSimilarity: Annotated[str, Choice((choices.DEFAULT, *choices.REFINE_SIMILARITIES))] = choices.DEFAULT
+    diffeomorphic: bool = False
     outputVolume: vtkMRMLScalarVolumeNode
     outputTransform: vtkMRMLGridTransformNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -120,8 +148,12 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = RecursiveCascadeRegistrationLogic()
 
-        self.ui.modelComboBox.addItems([_("Default"), *engine.bundledModelNames(), FROM_FILE])
-        self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
+        self._bundledModels = engine.bundledModelNames()
+        labels = {choices.DEFAULT: _("Default"), choices.NO_MODEL: _("None (refinement only)"),
+                  choices.FROM_FILE: _("Checkpoint file...")}
+        for choice in choices.modelChoices(self._bundledModels):
+            self.ui.modelComboBox.addItem(labels.get(choice, choice), choice)
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -164,17 +196,33 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
             self.onParameterNodeModified()
 
     def onModelChanged(self, *args) -> None:
-        choice = self.ui.modelComboBox.currentText
-        fromFile = choice == FROM_FILE
-        self.ui.modelPathLineEdit.enabled = fromFile
+        """Model selector or path editor → parameter node."""
+        choice = self.ui.modelComboBox.currentData
+        self.ui.modelPathLineEdit.enabled = choice == choices.FROM_FILE
         if self._parameterNode:
-            default = self.ui.modelComboBox.currentIndex == 0
-            self._parameterNode.model = self.ui.modelPathLineEdit.currentPath if fromFile else ("" if default else choice)
+            self._parameterNode.model = choices.modelFromChoice(choice, self.ui.modelPathLineEdit.currentPath)
+
+    def showModel(self) -> None:
+        """Parameter node → model selector and path editor (e.g. after loading a scene)."""
+        model = self._parameterNode.model
+        if choices.modelFromChoice(self.ui.modelComboBox.currentData, self.ui.modelPathLineEdit.currentPath) == model:
+            return  # already shown (also keeps "Checkpoint file..." selected while its path is still empty)
+        choice = choices.modelChoice(model, self._bundledModels)
+        for widget in (self.ui.modelComboBox, self.ui.modelPathLineEdit):
+            widget.blockSignals(True)
+        self.ui.modelComboBox.currentIndex = self.ui.modelComboBox.findData(choice)
+        if choice == choices.FROM_FILE:
+            self.ui.modelPathLineEdit.currentPath = model
+        self.ui.modelPathLineEdit.enabled = choice == choices.FROM_FILE
+        for widget in (self.ui.modelComboBox, self.ui.modelPathLineEdit):
+            widget.blockSignals(False)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Enable Apply when the inputs are set; keep the views in step with the display options."""
         node = self._parameterNode
         ready = bool(node and node.fixedVolume and node.movingVolume)
+        if node:
+            self.showModel()
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Register the moving volume to the fixed volume") if ready \
             else _("Select a fixed and a moving volume")
@@ -188,12 +236,13 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
     def onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message
-        slicer.app.processEvents()
-        if self._cancelRequested:
-            raise RegistrationCancelled("cancelled")
+        slicer.app.processEvents()  # lets Cancel be pressed; the logic then asks isCancelRequested
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
+
+    def isCancelRequested(self) -> bool:
+        return self._cancelRequested
 
     def onApplyButton(self) -> None:
         node = self._parameterNode
@@ -215,7 +264,12 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
                         outputVolumeNode=node.outputVolume, outputTransformNode=node.outputTransform,
                         movingSegmentationNode=node.movingSegmentation,
                         fixedSegmentationNode=node.fixedSegmentation,
-                        outputSegmentationNode=node.outputSegmentation, progressCallback=self.onProgress)
+                        outputSegmentationNode=node.outputSegmentation,
+                        fixedMaskNode=node.fixedMask, initialAlignment=node.initialAlignment,
+                        refineIterations=None if node.refineIterations < 0 else node.refineIterations,
+                        refineSimilarity=None if node.refineSimilarity == choices.DEFAULT else node.refineSimilarity,
+                        diffeomorphic=node.diffeomorphic,
+                        progressCallback=self.onProgress, cancelCallback=self.isCancelRequested)
                 except RegistrationCancelled:
                     self.ui.statusLabel.text = _("Cancelled.")
                     return

@@ -3,22 +3,28 @@
 The installed extension carries ``rcreg`` beside this package (the extension's CMake copies
 ``Engine/rcreg`` into the scripted-modules folder, which Slicer puts on ``sys.path``); a source checkout
 added to Slicer's module paths finds it in ``<repository>/Engine``. PyTorch comes from the SlicerPyTorch
-extension's ``PyTorchUtils`` (it picks the CPU or CUDA build); other missing packages from pip.
+extension's ``PyTorchUtils`` (it picks the CPU or CUDA build); other missing packages from pip. The
+packages and versions are listed once, in ``Resources/requirements.txt``.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Callable
 
 __all__ = ["addEngineToPath", "bundledModelNames", "missingPackages", "installMissingPackages", "importEngine",
-           "TORCH_REQUIREMENT"]
+           "REQUIREMENTS_FILE", "requirements"]
 
-TORCH_REQUIREMENT = ">=2.1"
-# Import name → pip requirement for what rcreg needs beyond Slicer's own Python (numpy, SimpleITK) and torch.
-PIP_REQUIREMENTS = {"scipy": "scipy"}
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+
+
+def requirements() -> dict[str, str]:
+    """Import name → pip requirement line of every package in :data:`REQUIREMENTS_FILE` (torch first)."""
+    lines = [line.split("#")[0].strip() for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()]
+    return {re.match(r"[A-Za-z0-9_.-]+", line).group(0): line for line in lines if line}
 
 
 def addEngineToPath() -> None:
@@ -40,7 +46,7 @@ def bundledModelNames() -> list[str]:
 
 def missingPackages() -> list[str]:
     """Import names of the engine's dependencies that are not installed (``torch`` first)."""
-    return [name for name in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(name) is None]
+    return [name for name in requirements() if importlib.util.find_spec(name) is None]
 
 
 def installMissingPackages(confirm: Callable[[str], bool]) -> bool:
@@ -57,17 +63,18 @@ def installMissingPackages(confirm: Callable[[str], bool]) -> bool:
         return False
     import slicer
 
+    required = requirements()
     if "torch" in missing:
         try:
             import PyTorchUtils
         except ImportError:
             raise RuntimeError("the PyTorch extension is not installed: install it from the Extensions Manager") from None
         if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                         torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                                                         torchVersionRequirement=required["torch"][len("torch"):]) is None:
             return False
     for name in missing:
         if name != "torch":
-            slicer.util.pip_install(PIP_REQUIREMENTS[name])
+            slicer.util.pip_install(required[name])
     importlib.invalidate_caches()
     return not missingPackages()
 

@@ -4,10 +4,16 @@
 SimpleITK images, runs ``rcreg.register`` and turns its result back into Slicer nodes: a grid transform
 (RAS, "from parent" = resampling direction; docs/conventions.md), the warped volume on the fixed grid
 and, when a moving segmentation is given, that segmentation warped onto the fixed grid.
+
+Errors keep the engine's one-line messages, in this interface's words: where the engine names one of
+its command-line flags (``--model``), the message names the parameter of :meth:`registerVolumes`
+(``model``) instead.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+import re
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,13 +30,39 @@ from .nodes import (
     volumeNodeToImage,
 )
 
-__all__ = ["RecursiveCascadeRegistrationLogic", "RegistrationCancelled", "metricsTable"]
+__all__ = ["RecursiveCascadeRegistrationLogic", "RegistrationCancelled", "metricsTable", "interfaceMessage"]
 
 ProgressCallback = Callable[[float, str], None]
 
+# The engine's command-line flags whose registerVolumes parameter is not simply their camelCase form.
+_FLAG_PARAMETERS = {"--refine": "refineIterations", "--mask": "fixedMaskNode",
+                    "--moving-labels": "movingSegmentationNode", "--fixed-labels": "fixedSegmentationNode"}
+
 
 class RegistrationCancelled(RuntimeError):
-    """Raised by a progress callback to stop a run; the nodes created by the run are removed."""
+    """Stops a run (raised by a progress callback, or for a cancel callback); the run's new nodes are removed."""
+
+
+def interfaceMessage(message: str) -> str:
+    """``message`` with the engine's command-line flags replaced by :meth:`registerVolumes`' parameter names."""
+    def parameter(match: re.Match) -> str:
+        first, *rest = match.group(1).split("-")
+        return _FLAG_PARAMETERS.get(match.group(0), first + "".join(word.capitalize() for word in rest))
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", parameter, message)
+
+
+@contextlib.contextmanager
+def _inInterfaceTerms(cancelled: type) -> Iterator[None]:
+    """Re-raise the engine's errors with :func:`interfaceMessage`, its ``cancelled`` as RegistrationCancelled."""
+    try:
+        yield
+    except cancelled as error:
+        raise RegistrationCancelled(str(error)) from error
+    except Exception as error:
+        if len(error.args) == 1 and isinstance(error.args[0], str):
+            error.args = (interfaceMessage(error.args[0]),)
+        raise
 
 
 def _segmentIds(segmentationNode) -> list[str]:
@@ -74,15 +106,33 @@ class RecursiveCascadeRegistrationLogic:
         movingSegmentationNode=None,
         fixedSegmentationNode=None,
         outputSegmentationNode=None,
+        fixedMaskNode=None,
+        initialAlignment: str = "none",
+        refineIterations: Optional[int] = None,
+        refineSimilarity: Optional[str] = None,
+        refineWeight: Optional[float] = None,
+        refineRegularization: Optional[str] = None,
+        refineLevels: Optional[int] = None,
+        refineSpacing: Optional[float] = None,
+        diffeomorphic: bool = False,
         progressCallback: Optional[ProgressCallback] = None,
+        cancelCallback: Optional[Callable[[], bool]] = None,
     ) -> dict:
         """Register ``movingVolumeNode`` to ``fixedVolumeNode`` and return the run's metrics.
 
-        model: ``None`` (default bundled model), a bundled model name, a checkpoint path, a
-        ``RecursiveCascadeNetwork`` or a predictor callable (see ``rcreg.models.resolve_model``);
-        cascades/repeat/device: passed to ``rcreg.register``. Output nodes are created when not given.
-        ``progressCallback(fraction, message)`` is called as the run advances; raising
-        :class:`RegistrationCancelled` from it stops the run.
+        model: ``None`` (default bundled model), a bundled model name, ``"none"`` (no network:
+        refinement alone), a checkpoint path, a ``RecursiveCascadeNetwork`` or a predictor callable
+        (see ``rcreg.models.resolve_model``); cascades/repeat/device: passed to ``rcreg.register``.
+        fixedMaskNode: a segmentation whose segments, together, mark the fixed region to register
+        (the engine's ``mask``); initialAlignment: ``"none"``, ``"geometry"`` or ``"mass"``.
+        Test-time refinement (``rcreg.refinement``, the engine's ``refine``): refineIterations at the
+        finest level (``None``: the model card's default, ``0``: network only); refineSimilarity
+        (``ncc``, ``correlation``, ``mse``, ``mi``), refineWeight, refineRegularization (``diffusion``,
+        ``bending``), refineLevels and refineSpacing (mm) override the card's defaults when given;
+        diffeomorphic refines a stationary velocity field (det J > 0). Output nodes are created when
+        not given. ``progressCallback(fraction, message)`` is called as the run advances; raising
+        :class:`RegistrationCancelled` from it, or ``cancelCallback()`` returning true (checked at
+        every progress report and refinement iteration), stops the run with RegistrationCancelled.
 
         Returns the engine's metrics (``rcreg.register``): ``folding_fraction`` (share of fixed-grid
         voxels with det J ≤ 0), correlations, timings, ...; when both segmentations are given, also
@@ -96,7 +146,18 @@ class RecursiveCascadeRegistrationLogic:
         if outputTransformNode is not None and outputTransformNode.IsA("vtkMRMLLinearTransformNode"):
             raise ValueError(f"transform '{outputTransformNode.GetName()}' is linear: choose a grid transform node")
         rcreg = importEngine()
-        report = progressCallback or (lambda fraction, message: None)
+        from rcreg.refinement import Cancelled
+
+        def report(fraction: float, message: str) -> None:
+            if progressCallback is not None:
+                progressCallback(fraction, message)
+            if cancelCallback is not None and cancelCallback():
+                raise RegistrationCancelled("registration cancelled")
+
+        refine = {"diffeomorphic": diffeomorphic, **{name: value for name, value in (
+            ("iterations", refineIterations), ("similarity", refineSimilarity), ("weight", refineWeight),
+            ("regularization", refineRegularization), ("levels", refineLevels), ("spacing", refineSpacing))
+            if value is not None}}
         scene = fixedVolumeNode.GetScene()
         nodesBefore = nodeIds(scene)
 
@@ -123,13 +184,20 @@ class RecursiveCascadeRegistrationLogic:
                         raise ValueError(f"no segment name of '{movingSegmentationNode.GetName()}' occurs in "
                                          f"'{fixedSegmentationNode.GetName()}'")
                     fixedLabels = self._fixedLabelImage(fixedSegmentationNode, matched, fixedVolumeNode)
+            mask = None
+            if fixedMaskNode is not None:
+                if not _segmentIds(fixedMaskNode):
+                    raise ValueError(f"mask segmentation '{fixedMaskNode.GetName()}' has no segments")
+                mask = segmentationToLabelImage(fixedMaskNode, _segmentIds(fixedMaskNode), fixedVolumeNode)
 
             report(0.05, "Registering")
-            result = rcreg.register(
-                moving, fixed, model=model, cascades=cascades, repeat=repeat, device=device,
-                moving_labels=movingLabels, fixed_labels=fixedLabels,
-                progress=lambda fraction, message: report(0.05 + 0.85 * fraction, message),
-            )
+            with _inInterfaceTerms(Cancelled):
+                result = rcreg.register(
+                    moving, fixed, model=model, cascades=cascades, repeat=repeat, device=device,
+                    moving_labels=movingLabels, fixed_labels=fixedLabels, mask=mask,
+                    initial_alignment=initialAlignment, refine=refine, cancel=cancelCallback,
+                    progress=lambda fraction, message: report(0.05 + 0.85 * fraction, message),
+                )
 
             report(0.9, "Creating the output nodes")
             if outputTransformNode is None:
@@ -218,6 +286,11 @@ def metricsTable(metrics: dict) -> list[tuple[str, str]]:
         rows.append((f"Dice {name}", f"{before.get(name, float('nan')):.3f} → {value:.3f}"))
     for name, value in metrics.get("hd95_mm", {}).items():
         rows.append((f"HD95 {name}", f"{value:.2f} mm"))
+    levels = metrics.get("refinement", {}).get("levels_run")
+    if levels:
+        kind = ", diffeomorphic" if metrics["refinement"]["diffeomorphic"] else ""
+        rows.append(("Refinement", f"{sum(level['iterations'] for level in levels)} iterations over {len(levels)} "
+                                   f"levels ({metrics['refinement']['similarity']}{kind})"))
     if "timings_s" in metrics:
         rows.append(("Run time", f"{sum(metrics['timings_s'].values()):.1f} s"))
     return rows

@@ -5,15 +5,17 @@ fixed and moving volumes can be sampled on unrelated grids: oblique directions, 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import slicer
 import vtk
 
-__all__ = ["obliqueIJKToRAS", "addPhantom", "addPhantomPair", "SinusoidPredictor", "SEGMENT_NAMES"]
+__all__ = ["obliqueIJKToRAS", "addPhantom", "addPhantomPair", "SinusoidPredictor", "SEGMENT_NAMES", "PAIR_SHIFT"]
 
 SEGMENT_NAMES = ("ball", "ellipsoid")
+#: RAS mm by which :func:`addPhantomPair` moves the moving phantom's structures.
+PAIR_SHIFT = (2.0, -1.5, 1.0)
 # (centre RAS mm, semi-axes mm, intensity) of each structure, in the phantom's own frame.
 _STRUCTURES = (((-6.0, 2.0, 0.0), (7.0, 7.0, 7.0), 200.0), ((7.0, -3.0, 2.0), (5.0, 9.0, 6.0), 120.0))
 
@@ -35,14 +37,18 @@ def obliqueIJKToRAS(shape: Sequence[int], spacing: Sequence[float], angles: Sequ
     return matrix
 
 
-def addPhantom(scene, name: str, shape: Sequence[int], ijkToRAS: np.ndarray, shift: Sequence[float] = (0, 0, 0)):
+def addPhantom(scene, name: str, shape: Sequence[int], ijkToRAS: np.ndarray, shift: Sequence[float] = (0, 0, 0),
+               displacement: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """Add a phantom volume and its segmentation (segments :data:`SEGMENT_NAMES`) sampled on a grid.
 
-    ``shift`` (RAS mm) moves the phantom's structures. Returns ``(volumeNode, segmentationNode)``.
+    ``shift`` (RAS mm) moves the phantom's structures; ``displacement`` (``(N, 3)`` RAS points → RAS mm)
+    deforms them too: the volume at q shows the phantom at ``q − shift − displacement(q)``.
+    Returns ``(volumeNode, segmentationNode)``.
     """
     k, j, i = np.meshgrid(*(np.arange(n) for n in shape[::-1]), indexing="ij")
     ijk = np.stack([i, j, k, np.ones_like(i)], axis=-1).reshape(-1, 4).astype(float)
-    ras = (ijk @ ijkToRAS.T)[:, :3] - np.asarray(shift, dtype=float)
+    ras = (ijk @ ijkToRAS.T)[:, :3]
+    ras = ras - np.asarray(shift, dtype=float) - (displacement(ras) if displacement is not None else 0.0)
     intensity = np.full(len(ras), 20.0)
     labels = np.zeros(len(ras), dtype=np.uint8)
     for value, (centre, axes, brightness) in enumerate(_STRUCTURES, start=1):
@@ -74,15 +80,16 @@ def addPhantom(scene, name: str, shape: Sequence[int], ijkToRAS: np.ndarray, shi
     return volume, segmentation
 
 
-def addPhantomPair(scene):
-    """Fixed and moving phantoms on unrelated oblique, anisotropic grids, the moving one shifted.
+def addPhantomPair(scene, displacement: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+    """Fixed and moving phantoms on unrelated oblique, anisotropic grids, the moving one shifted by
+    :data:`PAIR_SHIFT` (and deformed by ``displacement``, see :func:`addPhantom`).
 
     Returns ``(fixedVolume, fixedSegmentation, movingVolume, movingSegmentation)``.
     """
     shapeF, shapeM = (28, 24, 20), (26, 30, 18)
     fixed, fixedSeg = addPhantom(scene, "fixed", shapeF, obliqueIJKToRAS(shapeF, (1.2, 1.0, 1.6), (15, -10, 25)))
     moving, movingSeg = addPhantom(scene, "moving", shapeM, obliqueIJKToRAS(shapeM, (1.4, 0.9, 1.8), (-10, 20, 5)),
-                                   shift=(2.0, -1.5, 1.0))
+                                   shift=PAIR_SHIFT, displacement=displacement)
     return fixed, fixedSeg, moving, movingSeg
 
 

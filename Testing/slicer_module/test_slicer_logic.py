@@ -1,7 +1,9 @@
 """The module's logic on Slicer's real MRML scene (slicer-core), checked against SimpleITK and Slicer itself.
 
 Volumes have oblique directions and anisotropic spacing (RecursiveCascadeRegistrationLib.testing).
-The model is an analytic predictor or a randomly initialised small RecursiveCascadeNetwork.
+The model is an analytic predictor or a randomly initialised small RecursiveCascadeNetwork, without
+test-time refinement, so that these checks see the model's own field (refinement:
+test_slicer_refinement.py).
 """
 from __future__ import annotations
 
@@ -33,12 +35,12 @@ MODELS = {"sinusoid": lambda: testing.SinusoidPredictor(amplitude=1.5), "random-
 
 @pytest.fixture(params=sorted(MODELS))
 def run(request, scene):
-    """Phantom pair registered through the logic; returns a namespace of nodes, metrics and the model."""
+    """Phantom pair registered through the logic (network only); returns a namespace of nodes, metrics and the model."""
     fixed, fixedSeg, moving, movingSeg = testing.addPhantomPair(scene)
     model = MODELS[request.param]()
     logic = RecursiveCascadeRegistrationLogic()
     metrics = logic.registerVolumes(fixed, moving, model=model, movingSegmentationNode=movingSeg,
-                                    fixedSegmentationNode=fixedSeg)
+                                    fixedSegmentationNode=fixedSeg, refineIterations=0)
     return dict(scene=scene, fixed=fixed, fixedSeg=fixedSeg, moving=moving, movingSeg=movingSeg, model=model,
                 logic=logic, metrics=metrics)
 
@@ -86,7 +88,7 @@ def test_volume_conversion_matches_slicer_file_writer(scene, tmp_path):
 def test_transform_from_parent_equals_engine_field(run, tmp_path):
     """FromParent(p) = p + u(p), u being the engine's field computed from files Slicer wrote itself."""
     engine = rcreg.register(writeWithSlicer(run["moving"], tmp_path / "moving.nrrd"),
-                            writeWithSlicer(run["fixed"], tmp_path / "fixed.nrrd"), model=run["model"])
+                            writeWithSlicer(run["fixed"], tmp_path / "fixed.nrrd"), model=run["model"], refine=0)
     itkTransform = sitk.DisplacementFieldTransform(sitk.Image(engine.displacement))
     fromParent = run["logic"].outputTransformNode.GetTransformFromParent()
     points = pointsInside(run["fixed"])
@@ -98,14 +100,18 @@ def test_transform_from_parent_equals_engine_field(run, tmp_path):
 
 
 def test_resampling_under_transform_matches_warped_volume(run):
-    """Slicer's own resampling of the moving volume through our transform gives the warped volume."""
-    moving, fixed = run["moving"], run["fixed"]
-    moving.SetAndObserveTransformNodeID(run["logic"].outputTransformNode.GetID())
+    assertSlicerResamplingMatchesWarped(run["logic"], run["moving"], run["fixed"])
+
+
+def assertSlicerResamplingMatchesWarped(logic, moving, fixed) -> None:
+    """Slicer's own resampling of the moving volume through the logic's transform gives its warped volume."""
+    moving.SetAndObserveTransformNodeID(logic.outputTransformNode.GetID())
     resampled = slicer.util.arrayFromVolume(slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed))
-    warped = slicer.util.arrayFromVolume(run["logic"].outputVolumeNode)
+    moving.SetAndObserveTransformNodeID(None)
+    warped = slicer.util.arrayFromVolume(logic.outputVolumeNode)
     assert warped.shape == resampled.shape == slicer.util.arrayFromVolume(fixed).shape
     # Compare where the pulled-back point lies inside the moving grid (outside, the two libraries pad differently).
-    fromParent = run["logic"].outputTransformNode.GetTransformFromParent()
+    fromParent = logic.outputTransformNode.GetTransformFromParent()
     rasToIjk = vtk.vtkMatrix4x4()
     moving.GetRASToIJKMatrix(rasToIjk)
     m = np.array([[rasToIjk.GetElement(r, c) for c in range(4)] for r in range(4)])
