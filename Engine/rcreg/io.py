@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import os
+import re
+import stat
+import sys
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,6 +24,9 @@ import SimpleITK as sitk
 __all__ = [
     "InputError",
     "ImageLike",
+    "MIN_SIZE",
+    "MAX_LABELS",
+    "check_input_path",
     "read_image",
     "as_image",
     "check_image",
@@ -37,9 +45,201 @@ ImageLike = Union[str, os.PathLike, sitk.Image, Any]  # Any: a nibabel spatial i
 # SimpleITK copies these DICOM tags into the image's metadata when present (e.g. the modality).
 _MODALITY_TAG = "0008|0060"
 
+#: Fewest voxels along every axis of an image (smaller ones hold too little to register).
+MIN_SIZE = 4
+#: Most distinct non-zero labels in a label map (per-label metrics cost one pass over the image each).
+MAX_LABELS = 1000
+#: Largest label value (label maps are stored as unsigned 32-bit integers at most).
+MAX_LABEL_VALUE = 2 ** 32 - 1
+#: Largest allowed deviation of a direction matrix's DᵀD from the identity (ITK's NIfTI writer
+#: rewrites directions beyond about this).
+DIRECTION_TOLERANCE = 1e-4
+
+# What ITK's readers print or raise when a file's voxel data is shorter than its header declares,
+# as (pattern, function of the matched numbers → (bytes expected, bytes found)).
+_TRUNCATION_MESSAGES = (
+    (re.compile(r"ideal = (\d+) : actual = (\d+)"), lambda ideal, actual: (ideal, actual)),  # MetaImage
+    (re.compile(r"expected (\d+) bytes but received (\d+)"), lambda want, got: (want, got)),  # NRRD, gzip
+    (re.compile(r"got only (\d+) (\d+)-sized things, not (\d+)"), lambda got, size, want: (want * size, got * size)),
+    (re.compile(r"truncated file: eof = (\d+), .*stored_eof = (\d+)"), lambda eof, stored: (stored, eof)),  # HDF5
+)
+# What ITK's writers raise or print when the disk is full (HDF5 reports errno 28 = ENOSPC).
+_NO_SPACE = re.compile(r"No space left on device|errno = 28")
+
 
 class InputError(ValueError):
     """An input file is missing, unreadable or unsuitable; the message is one line naming the file."""
+
+
+def _shown(path: Path) -> str:
+    """``path`` as text, undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_utf8(path: Path, error: type[Exception]) -> None:
+    """Raise ``error`` if ``path`` has bytes that are not UTF-8: SimpleITK aborts the process on them."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{_shown(path)}: path is not valid UTF-8 (ITK cannot open it; rename it)") from None
+
+
+def check_input_path(path: str | os.PathLike, folder: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path` once it is known to be a readable regular file (or
+    folder, if ``folder``) whose name ITK can take (UTF-8); else :class:`InputError`.
+
+    Special files (FIFOs, devices, sockets) are refused: reading them may block forever.
+    """
+    path = Path(path)
+    _check_utf8(path, InputError)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        if not folder:
+            raise InputError(f"{path}: is a folder, not a file")
+    elif not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise InputError(f"{path}: is {kind}, not a regular file")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        raise InputError(f"{path}: permission denied")
+    return path
+
+
+@contextlib.contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """Capture what C/C++ libraries (ITK's MetaImage reader, GDCM) print on file descriptor 2; the
+    lines are in the yielded list once the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                lines += capture.read().decode("utf-8", "replace").splitlines()
+    finally:
+        os.close(saved)
+
+
+def _non_finite(name: str, count: int) -> InputError:
+    return InputError(f"{name}: image has {count} NaN or infinite voxels")
+
+
+def _truncated(path: Path, expected: int, found: Optional[int] = None) -> InputError:
+    held = f"holds {found} of the" if found is not None else "ends before the"
+    return InputError(f"{path}: truncated file ({held} {expected} bytes its header declares)")
+
+
+def _check_truncation(path: Path, messages: list[str]) -> None:
+    """Raise :func:`_truncated` if one of ITK's ``messages`` says the file is shorter than declared."""
+    for line in messages:
+        for pattern, sizes in _TRUNCATION_MESSAGES:
+            match = pattern.search(line)
+            if match:
+                raise _truncated(path, *sizes(*(int(n) for n in match.groups())))
+
+
+def _itk_call(call: Callable[[], Any]) -> tuple[Any, Optional[RuntimeError], list[str]]:
+    """``call()`` with what ITK prints on stderr captured: ``(result, error or None, messages)``,
+    the messages including the error's own lines."""
+    result = error = None
+    with _c_stderr() as printed:
+        try:
+            result = call()
+        except RuntimeError as exc:
+            error = exc
+    return result, error, printed + (str(error).splitlines() if error is not None else [])
+
+
+def _itk_write(call: Callable[[], Any], path: Path, what: str) -> None:
+    """Run an ITK writer ``call`` writing ``path``; one-line :class:`OSError` when it fails, also when
+    it only prints an error (the NIfTI writer on a full disk), saying so when the disk is full."""
+    _, error, messages = _itk_call(call)
+    problems = [line for line in messages if "ERROR" in line or _NO_SPACE.search(line)]
+    if error is None and not problems:
+        return
+    disk = os.statvfs(path.parent)
+    if any(_NO_SPACE.search(line) for line in messages) or disk.f_bavail * disk.f_frsize < 2 ** 20:
+        raise OSError(f"{path}: cannot write {what} (no space left on device)")
+    raise OSError(f"{path}: cannot write {what} ({_first_line(error) if error is not None else problems[0].strip(' *')})")
+
+
+def _check_nifti_data(path: Path) -> None:
+    """Refuse a NIfTI file whose voxel data is shorter than its header declares, or holds NaN or
+    infinite values: ITK's reader silently reads both as zeros. One streaming pass, little memory."""
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+    except Exception:  # a header ITK read but nibabel does not: ITK's reading stands
+        return
+    dtype = header.get_data_dtype()
+    expected = int(np.prod(header.get_data_shape())) * dtype.itemsize
+    chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+    found = bad = 0
+    try:
+        with nibabel.openers.ImageOpener(str(path)) as stream:
+            stream.seek(header.get_data_offset())
+            while found < expected:
+                block = stream.read(min(chunk, expected - found))
+                if not block:
+                    break
+                if dtype.kind in "fc":
+                    values = np.frombuffer(block, dtype, count=len(block) // dtype.itemsize)
+                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                found += len(block)
+    except EOFError:  # a compressed stream cut short
+        raise _truncated(path, expected) from None
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+    if found < expected:
+        raise _truncated(path, expected, found)
+    if bad:
+        raise _non_finite(str(path), bad)
+
+
+def _gzip_ends_early(path: Path) -> bool:
+    """Whether the gzip stream in ``path`` stops before its end-of-stream marker (a cut file)."""
+    try:
+        with gzip.open(path) as stream:
+            while stream.read(1 << 24):
+                pass
+    except EOFError:
+        return True
+    except (OSError, zlib.error):  # not gzip, or corrupt rather than short
+        return False
+    return False
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read an image file with SimpleITK (NIfTI data checked by :func:`_check_nifti_data`), falling
+    back to nibabel for formats ITK lacks."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_data(path)
+    image, error, messages = _itk_call(lambda: sitk.ReadImage(str(path)))
+    if error is None:
+        return image
+    _check_truncation(path, messages)
+    if path.suffix.lower() == ".gz" and _gzip_ends_early(path):
+        raise InputError(f"{path}: truncated file (its compressed data ends early)")
+    if "determinant is 0" in str(error):
+        raise InputError(f"{path}: direction matrix is singular (determinant 0)")
+    import nibabel
+
+    try:
+        loaded = nibabel.load(str(path))
+    except Exception:  # nibabel raises many types for files it does not know
+        raise InputError(f"{path}: cannot read image ({_first_line(error)})") from None
+    return _from_nibabel(loaded, str(path))
 
 
 def _from_nibabel(img: Any, name: str) -> sitk.Image:
@@ -56,15 +256,17 @@ def _from_nibabel(img: Any, name: str) -> sitk.Image:
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing == 0):
         raise InputError(f"{name}: degenerate affine (zero voxel size)")
+    direction = affine[:3, :3] / spacing
+    _check_direction(direction, name)
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(affine[:3, 3].tolist())
-    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    image.SetDirection(direction.ravel().tolist())
     return image
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """Read the (first, largest) DICOM series in ``folder``."""
+    """Read the DICOM series in ``folder`` (refused if it holds several)."""
     reader = sitk.ImageSeriesReader()
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints multi-line warnings for empty folders
@@ -74,8 +276,10 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
+    if len(series) > 1:
+        found = "; ".join(f"{s} ({len(reader.GetGDCMSeriesFileNames(str(folder), s))} files)" for s in series)
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series, give each its own folder: {found}")
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
@@ -86,36 +290,40 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return image
 
 
+# "ITK ERROR: TxtTransformIOTemplate(0x5621…): " before the description of ITK's errors.
+_ITK_PREFIX = re.compile(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ")
+
+
 def _first_line(exc: BaseException) -> str:
     """The most useful single line of an exception message (SimpleITK's are multi-line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:  # ITK messages put the description after "Description:" / ": "
         if "Description:" in line:
             return line.split("Description:", 1)[1].strip()
-    return lines[-1] if lines else type(exc).__name__
+    return _ITK_PREFIX.sub("", lines[-1]) if lines else type(exc).__name__
 
 
 def _read_any(path: Path) -> sitk.Image:
-    """Read a file or DICOM folder with SimpleITK, falling back to nibabel for formats ITK lacks."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        return _read_dicom_folder(path)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        itk_error = _first_line(exc)
-    import nibabel
+    """Read a file or DICOM folder (see :func:`check_input_path`, :func:`_read_file`)."""
+    path = check_input_path(path, folder=True)
+    return _read_dicom_folder(path) if path.is_dir() else _read_file(path)
 
-    try:
-        loaded = nibabel.load(str(path))
-    except Exception:  # nibabel raises many types for files it does not know
-        raise InputError(f"{path}: cannot read image ({itk_error})") from None
-    return _from_nibabel(loaded, str(path))
+
+def _check_direction(direction: Any, name: str) -> None:
+    """Refuse a singular or non-orthonormal (sheared) 3×3 ``direction`` matrix: ITK resamples and
+    writes assuming orthonormal axes, so outputs would not match the input's geometry."""
+    direction = np.asarray(direction, dtype=float).reshape(3, 3)
+    if abs(np.linalg.det(direction)) < 1e-6:
+        raise InputError(f"{name}: direction matrix is singular ({_fmt(direction.ravel())})")
+    deviation = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if deviation > DIRECTION_TOLERANCE:
+        raise InputError(f"{name}: direction matrix is not orthonormal (axes sheared: |DᵀD − I| up to "
+                         f"{deviation:.2g}, tolerance {DIRECTION_TOLERANCE:g}); resample it onto an orthogonal grid")
 
 
 def check_image(image: sitk.Image, name: str) -> sitk.Image:
-    """Check that ``image`` is a 3D scalar image with finite, non-constant voxels; return it.
+    """Check that ``image`` is a 3D scalar image of at least :data:`MIN_SIZE` voxels per axis, with an
+    orthonormal direction and finite, non-constant voxels; return it.
 
     Raises :class:`InputError` (one line, starting with ``name``) otherwise.
     """
@@ -129,9 +337,12 @@ def check_image(image: sitk.Image, name: str) -> sitk.Image:
         raise InputError(f"{name}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     if min(size) < 2:
         raise InputError(f"{name}: expected a 3D volume, got size {size} (a single slice)")
+    if min(size) < MIN_SIZE:
+        raise InputError(f"{name}: image is too small: size {size}, need at least {MIN_SIZE} voxels along every axis")
+    _check_direction(image.GetDirection(), name)
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(f"{name}: image has {int((~np.isfinite(array)).sum())} NaN or infinite voxels")
+        raise _non_finite(name, int((~np.isfinite(array)).sum()))
     if array.min() == array.max():
         raise InputError(f"{name}: image is constant (every voxel is {array.flat[0]})")
     return image
@@ -168,7 +379,8 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
 def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> sitk.Image:
     """Read an integer label map (0 = background); if ``reference`` is given it must be on its grid.
 
-    Float files are accepted when every voxel is an integer. Returns an unsigned integer image (the
+    Float files are accepted when every voxel is an integer; values must fit 32 bits and there may
+    be at most :data:`MAX_LABELS` distinct non-zero labels. Returns an unsigned integer image (the
     smallest of 8, 16, 32 bits that holds the labels) with ``reference``'s exact geometry (or its own
     when no reference is given).
     """
@@ -179,11 +391,19 @@ def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> s
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: expected a 3D scalar label map, got a {image.GetDimension()}D image "
                          f"with {image.GetNumberOfComponentsPerPixel()} components")
+    _check_direction(image.GetDirection(), name)
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
         raise InputError(f"{name}: label map has non-integer values")
     if array.min() < 0:
         raise InputError(f"{name}: label map has negative labels (min {array.min()})")
+    top = array.max()
+    if top > MAX_LABEL_VALUE:
+        raise InputError(f"{name}: label values up to {int(top)} do not fit 32 bits (max {MAX_LABEL_VALUE})")
+    if top > MAX_LABELS:  # only then can there be more labels than allowed
+        count = int(np.count_nonzero(np.unique(array)))
+        if count > MAX_LABELS:
+            raise InputError(f"{name}: label map has {count} distinct labels, more than the {MAX_LABELS} supported")
     if reference is not None:
         if not same_grid(image, reference):
             raise InputError(
@@ -191,7 +411,6 @@ def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> s
                 f"{_fmt(image.GetSpacing())} origin {_fmt(image.GetOrigin())} vs size {reference.GetSize()} "
                 f"spacing {_fmt(reference.GetSpacing())} origin {_fmt(reference.GetOrigin())})"
             )
-    top = array.max()
     labels = sitk.Cast(image, sitk.sitkUInt8 if top < 2 ** 8 else sitk.sitkUInt16 if top < 2 ** 16 else sitk.sitkUInt32)
     if reference is not None:
         labels.CopyInformation(reference)
@@ -214,6 +433,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes, so writers pick the same format);
     it is renamed over ``path`` on success and removed on failure. Missing folders are created."""
     path = Path(path)
+    _check_utf8(path, OSError)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.name, dir=path.parent)
@@ -233,25 +453,24 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: i
     """Write ``image`` atomically to ``path`` (format from the suffix; compressed where supported)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), True, compression_level)
-        except RuntimeError as exc:
-            raise OSError(f"{path}: cannot write image ({_first_line(exc)})") from None
+        _itk_write(lambda: sitk.WriteImage(image, str(tmp), True, compression_level), path, "image")
     return path
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read a transform file (``.h5``, ``.tfm``, ``.mat``, ``.txt``) or a displacement-field image
     (vector image in LPS mm, e.g. ``displacement.nii.gz``) as a SimpleITK transform."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    path = check_input_path(path)
     if path.suffix.lower() in (".h5", ".hdf5", ".tfm", ".mat", ".txt", ".xfm"):
-        try:
-            return sitk.ReadTransform(str(path))
-        except RuntimeError as exc:
-            raise InputError(f"{path}: cannot read transform ({_first_line(exc)})") from None
-    field = _read_any(path)
+        transform, error, messages = _itk_call(lambda: sitk.ReadTransform(str(path)))
+        if error is None:
+            return transform
+        _check_truncation(path, messages)
+        if "Could not create Transform IO object" in str(error):
+            raise InputError(f"{path}: not a transform file (ITK reads HDF5 .h5, text .tfm/.txt and Matlab .mat "
+                             f"transforms)") from None
+        raise InputError(f"{path}: cannot read transform ({_first_line(error)})") from None
+    field = _read_file(path)
     if field.GetDimension() == 4 and field.GetSize()[3] == 1:
         field = field[:, :, :, 0]
     if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
@@ -264,10 +483,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     """Write ``transform`` atomically (``.h5`` holds displacement fields)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        try:
-            sitk.WriteTransform(transform, str(tmp))
-        except RuntimeError as exc:
-            raise OSError(f"{path}: cannot write transform ({_first_line(exc)})") from None
+        _itk_write(lambda: sitk.WriteTransform(transform, str(tmp)), path, "transform")
     return path
 
 
@@ -281,9 +497,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     Columns ``x,y,z`` or ``l,p,s`` are LPS (ITK/ANTs); ``r,a,s`` columns, or ``x,y,z`` under a comment
     line ``# CoordinateSystem = RAS`` (Slicer), are converted from RAS. Other columns are ignored.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    path = check_input_path(path)
     ras_comment = False
     rows = []
     try:

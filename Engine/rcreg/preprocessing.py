@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .io import ImageLike, InputError, as_image, read_label_map, same_grid
+from .io import MIN_SIZE, ImageLike, InputError, as_image, read_label_map, same_grid
 
 __all__ = ["network_grid", "refinement_grids", "normalize", "normalized_image", "on_grid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
            "ALIGNMENTS"]
@@ -46,6 +46,10 @@ def _region(fixed: sitk.Image, mask: Optional[sitk.Image]) -> tuple[np.ndarray, 
             raise InputError("mask is empty")
         index = np.stack(nonzero[::-1])  # (3, N) in i, j, k order
         low, high = index.min(axis=1).astype(float), index.max(axis=1).astype(float)
+        extent = tuple(int(n) for n in high - low + 1)
+        if min(extent) < MIN_SIZE:
+            raise InputError(f"mask is too small: its non-zero region spans {extent} voxels, "
+                             f"need at least {MIN_SIZE} along every axis")
     return low, high
 
 

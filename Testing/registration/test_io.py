@@ -1,13 +1,17 @@
 """Reading images in every supported form keeps geometry; label maps, points and atomic writes."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from volumes import make_image, rotation
-from rcreg.io import InputError, read_image, read_label_map, read_points, read_transform, write_image, write_points
+from volumes import make_image, rotation, write_dicom_series
+from rcreg.io import (InputError, read_image, read_label_map, read_points, read_transform, write_image, write_points,
+                      write_transform)
 
 DIRECTION = rotation(0.2, -0.4, 0.7)
 
@@ -50,26 +54,6 @@ def test_nibabel_only_format(tmp_path):
     for index in [(0, 0, 0), (5, 4, 3), (2, 1, 3)]:
         ras = affine @ np.array([*index, 1.0])
         np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index), ras[:3] * [-1, -1, 1], atol=1e-4)
-
-
-def write_dicom_series(image: sitk.Image, folder) -> None:
-    """Write ``image`` (int16) as one DICOM file per slice with the geometry tags a reader needs."""
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = image.GetDirection()
-    series_tags = {"0020|000e": "1.2.826.0.1.3680043.2.1125.1.7", "0020|000d": "1.2.826.0.1.3680043.2.1125.1.8",
-                   "0008|0060": "CT", "0020|0037": "\\".join(f"{v:.8f}" for v in direction[0:9:3] + direction[1:9:3]),
-                   "0018|0050": f"{image.GetSpacing()[2]}"}
-    for k in range(image.GetDepth()):
-        plane = image[:, :, k]
-        for tag, value in series_tags.items():
-            plane.SetMetaData(tag, value)
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        plane.SetMetaData("0020|0013", str(k + 1))
-        plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.9.{k + 1}")
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
 
 
 def test_dicom_series_folder(image, tmp_path):
@@ -124,3 +108,33 @@ def test_read_transform_from_displacement_image(tmp_path):
     with pytest.raises(InputError, match="not a 3D displacement field"):
         sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkFloat32), str(tmp_path / "scalar.nii.gz"))
         read_transform(tmp_path / "scalar.nii.gz")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs folder (needs mount rights, e.g. root in a container; skipped otherwise)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".h5"])
+def test_full_disk_gives_one_line_and_leaves_nothing(full_disk, suffix, capfd):
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 40, 40)).astype(np.float32))
+    capfd.readouterr()
+    with pytest.raises(OSError, match=r"out\..*: cannot write .*\(no space left on device\)$"):
+        if suffix == ".h5":
+            write_transform(sitk.DisplacementFieldTransform(sitk.Cast(sitk.Compose([noise] * 3), sitk.sitkVectorFloat64)), full_disk / f"out{suffix}")
+        else:
+            write_image(noise, full_disk / f"out{suffix}", compression_level=0)
+    assert capfd.readouterr().err == ""  # ITK's and HDF5's diagnostics do not leak
+    assert list(full_disk.iterdir()) == []
+
+
+def test_non_utf8_output_path_is_refused_not_aborted(image, tmp_path):
+    with pytest.raises(OSError, match=r"caf\\xe9\.nii\.gz: path is not valid UTF-8"):
+        write_image(image, tmp_path / os.fsdecode(b"caf\xe9.nii.gz"))
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Small oblique, anisotropic test volumes defined by analytic functions of the physical (LPS) position."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,3 +53,24 @@ def ball(points: np.ndarray, centre: Sequence[float], radius: float) -> np.ndarr
     """Label 1 inside a ball, label 2 in a shell around it, 0 elsewhere."""
     r = np.linalg.norm(points - np.asarray(centre, float), axis=-1)
     return np.where(r <= radius, 1, np.where(r <= radius + 4, 2, 0))
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series: int = 7) -> None:
+    """Write ``image`` (int16) as one DICOM file per slice with the geometry tags a reader needs;
+    ``series`` numbers the series (its UID and file names), so several can share a folder."""
+    folder.mkdir(exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    series_tags = {"0020|000e": f"1.2.826.0.1.3680043.2.1125.1.{series}", "0020|000d": "1.2.826.0.1.3680043.2.1125.1.8",
+                   "0008|0060": "CT", "0020|0037": "\\".join(f"{v:.8f}" for v in direction[0:9:3] + direction[1:9:3]),
+                   "0018|0050": f"{image.GetSpacing()[2]}"}
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        for tag, value in series_tags.items():
+            plane.SetMetaData(tag, value)
+        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        plane.SetMetaData("0020|0013", str(k + 1))
+        plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.9.{series}.{k + 1}")
+        writer.SetFileName(str(folder / f"series{series}-slice{k:03d}.dcm"))
+        writer.Execute(plane)
