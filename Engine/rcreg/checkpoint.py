@@ -14,13 +14,15 @@ Nothing in it needs pickle code execution, so it is always read with ``torch.loa
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from .cascade import RecursiveCascadeNetwork
-from .io import atomic_path
+from .io import InputError, atomic_path, check_input_path
 
 FORMAT = "rcreg"
 VERSION = 1
@@ -56,23 +58,50 @@ def save_checkpoint(
     return atomic_save(ckpt, path)
 
 
+def _load_error(exc: Exception) -> str:
+    """One line for why ``torch.load(weights_only=True)`` failed, without torch's advice to turn
+    ``weights_only`` off (that would let the file run code)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        found = f" ({unsafe.group(1)})" if unsafe else ""
+        return f"it holds Python objects other than tensors and plain data{found}, refused as they could run code"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_schema(ckpt: dict, path: Path) -> None:
+    """Refuse a loaded rcreg checkpoint whose entries have the wrong types (one line naming ``path``)."""
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"checkpoint {path}: format version must be a positive integer, got {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this rcreg ({VERSION})")
+    if "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry (the network's hyper-parameters)")
+    for key in ("model", "card", "training"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"checkpoint {path}: '{key}' must be a dictionary, got {type(ckpt.get(key)).__name__}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"checkpoint {path}: 'state_dict' must map parameter names to tensors")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint dictionary safely (no pickle code execution); one-line errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    """Read a checkpoint dictionary safely (no pickle code execution) and check its entries' types;
+    one-line :class:`CheckpointError` naming the file otherwise."""
+    try:
+        path = check_input_path(path)
+    except InputError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_error(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
         raise CheckpointError(f"not an rcreg checkpoint: {path}")
-    if ckpt.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}, newer than this rcreg ({VERSION})")
-    if isinstance(ckpt.get("model"), dict):
-        for key, value in (("affine_levels", 6), ("affine_translation", "voxels")):
-            ckpt["model"].setdefault(key, value)  # files written before the options existed: the paper's affine
+    _check_schema(ckpt, path)
+    for key, value in (("affine_levels", 6), ("affine_translation", "voxels")):
+        ckpt["model"].setdefault(key, value)  # files written before the options existed: the paper's affine
     return ckpt
 
 

@@ -22,6 +22,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 __all__ = [
     "MODELS_DIR",
+    "MAX_REPEAT",
     "DEFAULT_CARD",
     "Model",
     "ModelSpec",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+#: Most test-time repeats per cascade: every application's flow is kept, and accuracy stops
+#: improving after a few repeats (docs/benchmarks.md), so larger counts only exhaust memory.
+MAX_REPEAT = 20
 
 #: Card given to networks and predictors that come without one: a 128³ grid and 1–99 % percentile
 #: scaling, which suits MR and is harmless for CT.
@@ -89,8 +94,10 @@ class Model:
         """The composed pull-back flow ``(1, 3, X, Y, Z)`` (voxels of the network grid) on the CPU.
 
         ``cascades``: use only the first k deformable cascades; ``repeat``: test-time shared-weight
-        repeats. Both need a :class:`RecursiveCascadeNetwork`.
+        repeats (1 … :data:`MAX_REPEAT`). Both need a :class:`RecursiveCascadeNetwork`.
         """
+        if not 1 <= repeat <= MAX_REPEAT:
+            raise ValueError(f"--repeat must be 1…{MAX_REPEAT}, got {repeat}")
         fixed, moving = fixed.to(device), moving.to(device)
         with torch.inference_mode():
             if self.network is not None:
@@ -168,9 +175,9 @@ def resolve_model(model: ModelSpec = None, *, modality: Optional[str] = None) ->
         raise TypeError(f"model must be a name, a checkpoint path, a network or a callable, not {type(model).__name__}")
     path = Path(model)
     bundled = MODELS_DIR / f"{model}.pt"
-    if not path.is_file() and isinstance(model, str) and bundled.is_file():
+    if not path.exists() and isinstance(model, str) and bundled.is_file():
         path = bundled
-    if not path.is_file():
+    if not path.exists():  # anything else there (a folder, a FIFO) is refused by the checkpoint reader
         installed = [n for n, _ in list_models()]
         raise CheckpointError(
             f"unknown model {str(model)!r}: not a checkpoint file and not an installed model "
