@@ -15,7 +15,8 @@ _COLUMNS = ["dice", "hd95", "landmark_error", "folding_fraction", "sdlogj", "cor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint or inference file (.pt) written by training")
+    parser.add_argument("--model", required=True,
+                        help="installed model name (see `rcreg models`) or checkpoint/inference file (.pt) written by training")
     parser.add_argument("--pairs", required=True,
                         help="pair list, CSV or JSON: fixed, moving[, fixed_labels, moving_labels, fixed_landmarks, "
                              "moving_landmarks] (landmarks: CSV of LPS mm points)")
@@ -26,18 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import model_from_checkpoint
     from ..io import atomic_path
-    from ..models import select_device
+    from ..models import MAX_REPEAT, resolve_model, select_device
     from ..training.datasets import VolumeCache, read_pair_list
     from ..training.evaluation import score_pair, summarize, worse_than_unregistered
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be ≥ 1, got {args.repeats}")
+    if not 1 <= args.repeats <= MAX_REPEAT:
+        raise ValueError(f"--repeats must be 1…{MAX_REPEAT}, got {args.repeats}")
+    if not args.output.strip():
+        raise ValueError("--output is empty: give a folder for the results")
     pairs = read_pair_list(args.pairs)
     device = select_device(args.device)
-    model, card = model_from_checkpoint(args.model)
-    model.to(device)
+    resolved = resolve_model(args.model)
+    model, card = resolved.network.to(device), resolved.card
     cache = VolumeCache(args.cache, card)
     rows, label_rows = [], []
     for index, pair in enumerate(pairs):
