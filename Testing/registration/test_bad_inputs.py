@@ -4,6 +4,7 @@ Running this file as a script prints the table of docs/bad-inputs.md from the ac
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from volumes import blobs, make_image, rotation  # noqa: E402
+from volumes import blobs, make_image, rotation, write_dicom_series  # noqa: E402
 from rcreg import RecursiveCascadeNetwork, save_checkpoint  # noqa: E402
 from rcreg.cli import main  # noqa: E402
 
@@ -181,6 +182,180 @@ def case_non_numeric_points(d):
     return _register(d, **{"moving-points": d / "points.csv"}), "points.csv"
 
 
+def _cut_in_half(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def case_truncated_nifti_gz(d):
+    return _register(d, moving=_cut_in_half(_volume(d / "cut.nii.gz"))), "cut.nii.gz"
+
+
+def case_truncated_nifti(d):
+    return _register(d, fixed=_cut_in_half(_volume(d / "cut.nii"))), "cut.nii"
+
+
+def case_truncated_nrrd(d):
+    return _register(d, moving=_cut_in_half(_volume(d / "cut.nrrd"))), "cut.nrrd"
+
+
+def case_truncated_mha(d):
+    return _register(d, fixed=_cut_in_half(_volume(d / "cut.mha"))), "cut.mha"
+
+
+def case_truncated_label_map(d):
+    return _register(d, **{"fixed-labels": _cut_in_half(_labels(d, "labels.nii.gz"))}), "labels.nii.gz"
+
+
+def case_nan_voxels_nifti(d):
+    def edit(a):
+        a[2, 3, 4] = np.nan
+        return a
+    return _register(d, moving=_bad_array(d, "nan.nii.gz", edit)), "nan.nii.gz"
+
+
+def case_inf_voxels_nifti(d):
+    def edit(a):
+        a[1, 2, 3] = np.inf
+        return a
+    return _register(d, fixed=_bad_array(d, "inf.nii", edit)), "inf.nii"
+
+
+def case_non_utf8_path(d):
+    name = os.fsdecode(b"caf\xe9.nii.gz")  # Latin-1 "café": not UTF-8
+    os.link(_volume(d / "cafe.nii.gz"), d / name)
+    return _register(d, moving=d / name), "caf\\xe9.nii.gz"
+
+
+def case_fifo_input(d):
+    os.mkfifo(d / "pipe.nii.gz")
+    return _register(d, moving=d / "pipe.nii.gz"), "pipe.nii.gz"
+
+
+def case_device_input(d):
+    return _register(d, fixed="/dev/zero"), "/dev/zero"
+
+
+def case_folder_as_points(d):
+    (d / "points").mkdir()
+    return _register(d, **{"fixed-points": d / "points"}), "points"
+
+
+def case_image_too_small(d):
+    _write(sitk.GetImageFromArray(np.random.default_rng(0).random((2, 2, 2)).astype(np.float32)), d / "tiny.nii.gz")
+    return _register(d, fixed=d / "tiny.nii.gz"), "tiny.nii.gz"
+
+
+def case_mask_too_small(d):
+    values = np.zeros((10, 14, 16), np.uint8)
+    values[5, 7, 8] = 1
+    return _register(d, mask=_labels(d, "dot.nii.gz", values)), "mask"
+
+
+def _sheared(path: Path, shear: float = 0.05) -> Path:
+    image = sitk.ReadImage(str(path))
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    direction[:, 1] = direction[:, 1] + shear * direction[:, 0]
+    image.SetDirection(direction.ravel().tolist())
+    return _write(image, path)
+
+
+def case_non_orthonormal_direction(d):
+    return _register(d, fixed=_sheared(_volume(d / "sheared.nrrd"))), "sheared.nrrd"
+
+
+def case_non_orthonormal_label_direction(d):
+    return _register(d, **{"moving-labels": _sheared(_labels(d, "sheared.mha"))}), "sheared.mha"
+
+
+def case_singular_direction(d):
+    header = ("NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+              "space directions: (1,0,0) (1,0,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
+              "encoding: raw\nspace origin: (0,0,0)\n\n")
+    data = np.random.default_rng(0).random(512).astype("<f4").tobytes()
+    (d / "flat.nrrd").write_bytes(header.encode() + data)
+    return _register(d, moving=d / "flat.nrrd"), "flat.nrrd"
+
+
+def case_two_dicom_series(d):
+    image = sitk.Cast(sitk.ReadImage(str(_volume(d / "volume.nii.gz"))) * 100, sitk.sitkInt16)
+    for series in (1, 2):
+        write_dicom_series(image, d / "dicom", series)
+    return _register(d, fixed=d / "dicom"), "dicom"
+
+
+def case_labels_beyond_32_bits(d):
+    values = np.zeros((10, 14, 16), np.uint64)
+    values[2:5, 2:5, 2:5] = 2 ** 32 + 1
+    return _register(d, **{"moving-labels": _labels(d, "huge.nrrd", values)}), "huge.nrrd"
+
+
+def case_too_many_labels(d):
+    values = (np.arange(10 * 14 * 16) % 1500).reshape(10, 14, 16).astype(np.uint16)
+    return _register(d, **{"fixed-labels": _labels(d, "many.nii.gz", values)}), "many.nii.gz"
+
+
+def _checkpoint(d: Path, name: str, edit: Callable[[dict], None]) -> Path:
+    ckpt = torch.load(_good(d)["model"], weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, d / name)
+    return d / name
+
+
+def case_checkpoint_without_model(d):
+    return _register(d, model=_checkpoint(d, "nomodel.pt", lambda c: c.pop("model"))), "nomodel.pt"
+
+
+def case_checkpoint_card_none(d):
+    return _register(d, model=_checkpoint(d, "nocard.pt", lambda c: c.update(card=None))), "nocard.pt"
+
+
+def case_checkpoint_version_string(d):
+    return _register(d, model=_checkpoint(d, "version.pt", lambda c: c.update(version="1"))), "version.pt"
+
+
+def case_checkpoint_state_dict_of_ints(d):
+    edit = lambda c: c.update(state_dict={k: 0 for k in c["state_dict"]})  # noqa: E731
+    return _register(d, model=_checkpoint(d, "ints.pt", edit)), "ints.pt"
+
+
+class Payload:
+    """Stands for code a malicious checkpoint would run when unpickled."""
+
+
+def case_checkpoint_with_python_objects(d):
+    return _register(d, model=_checkpoint(d, "unsafe.pt", lambda c: c.update(card=Payload()))), "unsafe.pt"
+
+
+def case_fifo_checkpoint(d):
+    os.mkfifo(d / "pipe.pt")
+    return _register(d, model=d / "pipe.pt"), "pipe.pt"
+
+
+def case_absurd_repeat(d):
+    return _register(d, repeat=100000), "--repeat"
+
+
+def case_apply_truncated_transform(d):
+    good = _good(d)
+    transform = sitk.DisplacementFieldTransform(sitk.Image([6, 6, 6], sitk.sitkVectorFloat64, 3))
+    sitk.WriteTransform(transform, str(d / "transform.h5"))
+    return ["apply", "--transform", str(_cut_in_half(d / "transform.h5")), "--reference", str(good["fixed"]),
+            "--image", str(good["moving"]), "--output", str(d / "out")], "transform.h5"
+
+
+def case_apply_not_a_transform(d):
+    good = _good(d)
+    (d / "other.h5").write_text("not HDF5\n")
+    return ["apply", "--transform", str(d / "other.h5"), "--reference", str(good["fixed"]),
+            "--image", str(good["moving"]), "--output", str(d / "out")], "other.h5"
+
+
+def case_evaluate_empty_output(d):
+    return ["evaluate", "--model", str(_good(d)["model"]), "--pairs", str(d / "pairs.csv"), "--output", ""], "--output"
+
+
 def case_apply_missing_transform(d):
     good = _good(d)
     return ["apply", "--transform", str(d / "nothing.h5"), "--reference", str(good["fixed"]),
@@ -219,6 +394,35 @@ CASES = {
     "non-numeric point coordinates": case_non_numeric_points,
     "apply: missing transform file": case_apply_missing_transform,
     "apply: scalar image given as transform": case_apply_scalar_image_as_transform,
+    "truncated NIfTI (.nii.gz cut in half)": case_truncated_nifti_gz,
+    "truncated NIfTI (.nii cut in half)": case_truncated_nifti,
+    "truncated NRRD": case_truncated_nrrd,
+    "truncated MHA": case_truncated_mha,
+    "truncated label map": case_truncated_label_map,
+    "NaN voxels in a NIfTI file": case_nan_voxels_nifti,
+    "infinite voxels in a NIfTI file": case_inf_voxels_nifti,
+    "path with a non-UTF-8 byte": case_non_utf8_path,
+    "FIFO (named pipe) as image": case_fifo_input,
+    "device as image": case_device_input,
+    "folder given as points CSV": case_folder_as_points,
+    "image too small (2×2×2)": case_image_too_small,
+    "one-voxel mask": case_mask_too_small,
+    "non-orthonormal (sheared) direction": case_non_orthonormal_direction,
+    "label map with a sheared direction": case_non_orthonormal_label_direction,
+    "singular direction matrix": case_singular_direction,
+    "folder with two DICOM series": case_two_dicom_series,
+    "label values beyond 32 bits": case_labels_beyond_32_bits,
+    "more distinct labels than supported": case_too_many_labels,
+    "checkpoint without 'model'": case_checkpoint_without_model,
+    "checkpoint with card None": case_checkpoint_card_none,
+    "checkpoint version a string": case_checkpoint_version_string,
+    "checkpoint state_dict of ints": case_checkpoint_state_dict_of_ints,
+    "checkpoint holding Python objects (pickle)": case_checkpoint_with_python_objects,
+    "FIFO as checkpoint": case_fifo_checkpoint,
+    "absurd --repeat": case_absurd_repeat,
+    "apply: truncated transform.h5": case_apply_truncated_transform,
+    "apply: file that is no transform": case_apply_not_a_transform,
+    "evaluate: empty --output": case_evaluate_empty_output,
 }
 
 
@@ -242,6 +446,14 @@ def test_bad_input_gives_one_line_error_and_no_output(case, tmp_path, capfd):
     assert not [p for p in leftovers if p.name.startswith(".") or p.name in ("out", "result")], leftovers
 
 
+def test_rejected_checkpoint_gives_no_advice_to_disable_weights_only(tmp_path, capfd):
+    argv, _ = case_checkpoint_with_python_objects(tmp_path)
+    capfd.readouterr()
+    assert main(argv) == 1
+    stderr = capfd.readouterr().err
+    assert "Payload" in stderr and "weights_only" not in stderr, stderr
+
+
 def markdown_table() -> str:
     """The table of docs/bad-inputs.md, from running every case in a temporary folder."""
     import contextlib
@@ -257,7 +469,7 @@ def markdown_table() -> str:
                 main(argv)
             message = [line for line in stderr.getvalue().splitlines() if not line.startswith("[")][0]
             message = message.replace(tmp + "/", "")
-            argv = [a.replace(tmp + "/", "") for a in argv]
+            argv = [os.fsencode(a).decode("utf-8", "backslashreplace").replace(tmp + "/", "") for a in argv]
             pairs = zip(argv[1::2], argv[2::2])  # leave out the options every case shares
             command = " ".join([argv[0]] + [f"{k} {v}" for k, v in pairs if (k, v) not in _SHARED])
             rows.append(f"| {number} | {title} | `rcreg {command}` | `{message}` |")
