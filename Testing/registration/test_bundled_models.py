@@ -62,11 +62,13 @@ def _ct_phantom() -> tuple[sitk.Image, sitk.Image]:
     return ct, _known_deformation(ct, 8.0, seed=4)
 
 
+@pytest.mark.network
 def test_brain_model_alone_registers_a_known_deformation():
     brain, fixed = _brain_case()
     _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0)
 
 
+@pytest.mark.network
 def test_brain_model_with_default_refinement_registers_a_known_deformation():
     brain, fixed = _brain_case()
     _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0, refine=None, removed=0.8)
