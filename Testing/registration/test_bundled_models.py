@@ -69,6 +69,7 @@ def test_brain_model_alone_registers_a_known_deformation():
 
 
 @pytest.mark.network
+@pytest.mark.slow
 def test_brain_model_with_default_refinement_registers_a_known_deformation():
     brain, fixed = _brain_case()
     _check_registers(brain, fixed, "brain_mr_t1", sitk.GetArrayFromImage(fixed) > 0, refine=None, removed=0.8)
@@ -81,6 +82,7 @@ def test_ct_model_alone_registers_a_known_deformation():
     _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500)
 
 
+@pytest.mark.slow
 def test_ct_model_with_default_refinement_registers_a_known_deformation():
     ct, fixed = _ct_phantom()
     _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500, refine=None, removed=0.8)

@@ -118,6 +118,7 @@ def test_antspyx_apply_transforms_agrees(saved, tmp_path):
     np.testing.assert_allclose(mapped[["x", "y", "z"]].to_numpy(), points.to_numpy() + saved[2], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_transformix_with_displacement_field_agrees(saved, tmp_path):
     """elastix's DeformationFieldTransform reads displacement.nii.gz as written (docs/registration.md)."""
     import itk  # itk-elastix: a test requirement; missing fails, never skips

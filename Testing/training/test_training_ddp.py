@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -24,6 +25,7 @@ def _worker(rank: int, world: int, port: int, config, folder: str) -> None:
     torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, f"{folder}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_identical_parameters(tiny_config, tmp_path):
     config = tiny_config(iterations=3, threads=1, val=None, device="cpu")
     mp.spawn(_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
