@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _VARIANCE_EPS = 1e-6
+_FLAT_VARIANCE = 1e-4  # local NCC: fixed boxes with less variance (intensities in [0, 1]) are flat
 _ORTHO_EPS = 1e-5
 
 
@@ -112,8 +113,10 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
     """``1 − mean local correlation`` over ``window³`` boxes centred on every voxel.
 
     fixed, warped: ``(B, C, X, Y, Z)``; ``window`` odd. Box means by :func:`box_mean` (windows are
-    truncated at the borders, not zero-padded). The local correlation is signed (in [−1, 1]); flat boxes
-    count as 0. Returns the mean over voxels, channels and batch (weighted by ``weights``, e.g. a
+    truncated at the borders, not zero-padded). The local correlation
+    ``cov / sqrt((var_f + ε)(var_w + ε))`` (ε = 10⁻⁶, above the rounding noise of the box sums) is signed
+    and clamped to [−1, 1]; boxes of the fixed image with variance ≤ 10⁻⁴ (intensities in [0, 1]) count
+    as 0: they carry no structure, and there ε would make raising the warped image's contrast pay. Returns the mean over voxels, channels and batch (weighted by ``weights``, e.g. a
     fixed-image mask broadcastable to the images, if given). ``fixed_statistics``: the fixed image's
     :func:`local_statistics` for this window, when the same fixed image is scored many times.
     """
@@ -124,7 +127,9 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
     mean_w, mean_fw, mean_ww = box_mean(torch.cat([w, f * w, w * w], dim=1), window).chunk(3, dim=1)
     cov = mean_fw - mean_f * mean_w
     var_w = (mean_ww - mean_w.square()).clamp_min(0.0)
-    return 1.0 - _mean(cov / torch.sqrt(var_f * var_w + _VARIANCE_EPS), weights)
+    informative = var_f > _FLAT_VARIANCE
+    ncc = (cov * torch.rsqrt((var_f + _VARIANCE_EPS) * (var_w + _VARIANCE_EPS))).clamp(-1.0, 1.0)
+    return 1.0 - _mean(torch.where(informative, ncc, 0.0), weights)
 
 
 def mutual_information_loss(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32,
