@@ -22,9 +22,10 @@ def bundle():
     return module
 
 
-def _row(method, dice):
-    return {"method": method, "dice_mean": dice, "hd95_mm": 2.0, "folding_pct": 0.0, "sdlogj": 0.1,
-            "correlation": 0.9, "seconds": 0.5, "dice": {"a": dice}}
+def _row(family, dice, cascades=None, refine=0, default_refine=False):
+    return {"method": f"{family} {cascades}", "family": family, "cascades": cascades, "repeat": 1, "refine": refine,
+            "default_refine": default_refine, "diffeomorphic": False, "network": True, "dice_mean": dice,
+            "hd95_mm": 2.0, "folding_pct": 0.0, "sdlogj": 0.1, "correlation": 0.9, "seconds": 0.5, "dice": {"a": dice}}
 
 
 def test_bundle_writes_fp16_model_with_evaluation(bundle, tmp_path, monkeypatch):
@@ -34,17 +35,19 @@ def test_bundle_writes_fp16_model_with_evaluation(bundle, tmp_path, monkeypatch)
     save_checkpoint(tmp_path / "last.pt", network, {"name": "run", "modality": "MR", "validation": {}})
     report = {"env": {"date": "2026-11-24 12:00 UTC"}, "cases": [
         {"name": "brain case", "kind": "synthetic", "domain": "brain", "note": "held out",
-         "rows": [_row("identity", 0.5), _row("ours 1×1", 0.6), _row("ours 2×1", 0.7), _row("ANTs SyN", 0.8)]},
-        {"name": "ct case", "kind": "real", "domain": "ct", "note": "", "rows": [_row("ours 2×1", 0.1)]}]}
+         "rows": [_row("identity", 0.5), _row("ours", 0.6, 1), _row("ours", 0.7, 2),
+                  _row("ours", 0.85, 2, refine=10, default_refine=True), _row("ANTs SyN", 0.8)]},
+        {"name": "ct case", "kind": "real", "domain": "ct", "note": "", "rows": [_row("ours", 0.1, 2)]}]}
     (tmp_path / "bench.json").write_text(json.dumps(report), encoding="utf-8")
     assert bundle.main([str(tmp_path / "last.pt"), "brain_x", "--domain", "brain", "--description", "new words",
-                        "--evaluation", str(tmp_path / "bench.json")]) == 0
+                        "--evaluation", str(tmp_path / "bench.json"), "--refinement", '{"weight": 1.5}']) == 0
     raw = torch.load(tmp_path / "models" / "brain_x.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in raw["state_dict"].values() if v.is_floating_point())
     card = load_checkpoint(tmp_path / "models" / "brain_x.pt")["card"]
     assert card["name"] == "brain_x" and card["modality"] == "MR" and card["description"] == "new words"
     (case,) = card["evaluation"]["cases"]  # only the brain domain, scored with all 2 cascades
-    assert card["evaluation"]["setting"] == "ours 2×1" and case["model"]["dice_mean"] == 0.7
+    assert case["model"]["dice_mean"] == 0.7 and case["model_refined"]["dice_mean"] == 0.85
+    assert card["refinement"] == {"weight": 1.5}
     assert case["ants_syn"]["dice_mean"] == 0.8 and case["identity"]["dice_mean"] == 0.5
     bundled, _ = model_from_checkpoint(tmp_path / "models" / "brain_x.pt")
     for name, value in network.state_dict().items():
@@ -55,8 +58,8 @@ def test_bundle_refuses_a_benchmark_of_another_model(bundle, tmp_path, monkeypat
     monkeypatch.setattr(bundle, "MODELS_DIR", tmp_path)
     save_checkpoint(tmp_path / "last.pt", RecursiveCascadeNetwork("vtn", n_cascades=3, width=0.125), {})
     report = {"env": {"date": "d"}, "cases": [{"name": "c", "kind": "real", "domain": "ct", "note": "",
-                                               "rows": [_row("ours 2×1", 0.1)]}]}
+                                               "rows": [_row("ours", 0.1, 2)]}]}
     (tmp_path / "bench.json").write_text(json.dumps(report), encoding="utf-8")
-    with pytest.raises(ValueError, match="no 'ours 3×1' row for c"):
+    with pytest.raises(ValueError, match="no network-only row with 3 cascades for c"):
         bundle.main([str(tmp_path / "last.pt"), "ct_x", "--domain", "ct", "--evaluation", str(tmp_path / "bench.json")])
     assert not (tmp_path / "ct_x.pt").exists()
