@@ -152,7 +152,7 @@ def series_report(series: list[tuple[str, str, list[dict]]], specs: list[str], p
     when none were given); ``provenance`` says where the rows come from when not from this run."""
     if not series:
         return []
-    steps = sorted({r["steps"] for _, rows in series for r in rows})
+    steps = sorted({r["steps"] for _, _, rows in series for r in rows})
     lines = ["### Separately trained models: 1, 3, 5 cascades under one budget", "",
              f"Models ({', '.join(f'`{s}`' for s in specs)}) were trained by `benchmarks/cascade_series.py` with the "
              f"same data, augmentation, schedule, seed and number of steps ({', '.join(map(str, steps))}); only the "

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 # name → module; imported lazily so `rcreg --help` stays fast.
@@ -34,13 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send), raised where the process is so that
+    every ``finally``/cleanup runs (staging folders, temporary files), as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("rcreg: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("rcreg: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (`rcreg data list | head`): stop quietly, like Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         return 141
@@ -48,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"rcreg {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ __all__ = [
     "displacement_transform",
     "displacement_to_voxel_flow",
     "field_jacobian_determinant",
+    "compact_displacement",
+    "dense_displacement",
+    "registration_transform",
+    "inverse_transform",
+    "round_trip_error",
+    "translated_field",
 ]
 
 
@@ -119,3 +125,88 @@ def field_jacobian_determinant(field: sitk.Image, slab: int = 32) -> np.ndarray:
         detj = jacobian_determinant(flow[:, :, lo:hi])[0]
         parts.append(detj[start - lo: start - lo + min(slab, n - start)])
     return torch.cat(parts).numpy()
+
+
+def compact_displacement(flow: torch.Tensor, grid: sitk.Image) -> sitk.Image:
+    """A flow as a physical displacement field on its own grid, the compact form of the result.
+
+    flow: ``(1, 3, X, Y, Z)`` pull-back flow in voxels of ``grid`` (the network grid or the finest
+    refinement control grid, sharing the fixed image's axes). Returns a ``sitkVectorFloat64`` image of
+    LPS-mm displacements ``D·diag(s)·flow`` on ``grid`` padded by one voxel on every side with the border
+    values: ITK's linear interpolation of it then equals :func:`flow_to_displacement` (which clamps at
+    the border) at every point up to one grid voxel outside ``grid``, so a transform over it resamples
+    the fixed grid exactly as the dense field does, at a fraction of its size.
+    """
+    flow = flow.detach().to("cpu", torch.float64)
+    if flow.dim() == 5:
+        flow = flow[0]
+    if flow.dim() != 4 or flow.shape[0] != 3 or tuple(flow.shape[1:]) != tuple(grid.GetSize()):
+        raise ValueError(f"flow {tuple(flow.shape)} does not match its grid {grid.GetSize()}")
+    padded = torch.nn.functional.pad(flow[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
+    matrix = _index_matrix(grid)
+    mm = np.tensordot(padded.numpy(), matrix, axes=([0], [1])).transpose(2, 1, 0, 3)  # (K, J, I, 3)
+    field = sitk.GetImageFromArray(np.ascontiguousarray(mm), isVector=True)
+    field.SetSpacing(grid.GetSpacing())
+    field.SetDirection(grid.GetDirection())
+    field.SetOrigin((np.asarray(grid.GetOrigin()) - matrix @ np.ones(3)).tolist())
+    return field
+
+
+def dense_displacement(field: sitk.Image, fixed: sitk.Image, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> sitk.Image:
+    """A compact field (:func:`compact_displacement`) plus ``translation`` (mm) resampled on the fixed
+    image's full grid: the displacement of :func:`registration_transform` at every fixed voxel."""
+    return flow_to_displacement(displacement_to_voxel_flow(field), field, fixed, translation=translation)
+
+
+def registration_transform(field: sitk.Image, translation: Sequence[float] = (0.0, 0.0, 0.0)) -> sitk.Transform:
+    """The pull-back transform ``p ↦ p + u(p) + t``: the field ``u`` then the translation ``t`` (mm).
+
+    Without a translation a ``DisplacementFieldTransform``; with one an ITK composite transform
+    (translation, then the field: ITK applies the last added first), which ITK, ANTs, elastix and Slicer
+    read from one ``.h5`` file.
+    """
+    displacement = displacement_transform(field)
+    if not np.any(np.asarray(translation, dtype=float)):
+        return displacement
+    composite = sitk.CompositeTransform(sitk.TranslationTransform(3, [float(t) for t in translation]))
+    composite.AddTransform(displacement)
+    return composite
+
+
+def inverse_transform(field: sitk.Image, translation: Sequence[float] = (0.0, 0.0, 0.0),
+                      iterations: int = 50) -> tuple[sitk.Transform, sitk.Image]:
+    """The inverse of :func:`registration_transform`, ``q ↦ φ⁻¹(q − t)``, and the inverse field.
+
+    φ⁻¹ comes from ITK's fixed-point inversion of the compact field on its own grid (it is defined on
+    the fixed side, where the moving points land after removing ``t``). Returns ``(transform, inverse
+    field)``.
+    """
+    inverse = sitk.InvertDisplacementField(sitk.Cast(field, sitk.sitkVectorFloat64), maximumNumberOfIterations=iterations,
+                                           maxErrorToleranceThreshold=0.01, meanErrorToleranceThreshold=0.0001,
+                                           enforceBoundaryCondition=False)
+    inverse.CopyInformation(field)
+    transform = displacement_transform(inverse)
+    if np.any(np.asarray(translation, dtype=float)):
+        composite = sitk.CompositeTransform(transform)
+        composite.AddTransform(sitk.TranslationTransform(3, [-float(t) for t in translation]))
+        transform = composite
+    return transform, inverse
+
+
+def round_trip_error(forward: sitk.Transform, inverse: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+    """``|φ⁻¹(φ(p)) − p|`` (mm) at every voxel centre ``p`` of ``reference``, ``(K, J, I)`` float64."""
+    composite = sitk.CompositeTransform(inverse)
+    composite.AddTransform(forward)  # applied first
+    residual = sitk.TransformToDisplacementField(composite, sitk.sitkVectorFloat64, reference.GetSize(),
+                                                 reference.GetOrigin(), reference.GetSpacing(),
+                                                 reference.GetDirection())
+    return np.linalg.norm(sitk.GetArrayViewFromImage(residual), axis=-1)
+
+
+def translated_field(field: sitk.Image, translation: Sequence[float]) -> sitk.Image:
+    """``field`` with ``translation`` (mm) added to every vector: :func:`registration_transform` as one
+    displacement field on the compact grid, for viewers that take a single grid (a Slicer grid transform)."""
+    array = sitk.GetArrayFromImage(field) + np.asarray(translation, dtype=np.float64)
+    out = sitk.GetImageFromArray(array, isVector=True)
+    out.CopyInformation(field)
+    return out

@@ -34,15 +34,28 @@ def _slice(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.swapaxes(plane, 0, 1)
 
 
+def _slice_displacement(transform: sitk.Transform, fixed: sitk.Image, axis: int, index: int) -> np.ndarray:
+    """The displacement (mm) of ``transform`` on the fixed slice ``index`` across ``axis``, laid out as
+    :func:`_slice` lays a slice out: (rows = second in-plane axis, columns = first, 3)."""
+    box = [slice(None)] * 3
+    box[axis] = slice(index, index + 1)
+    plane = fixed[tuple(box)]
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, plane.GetSize(), plane.GetOrigin(),
+                                              plane.GetSpacing(), plane.GetDirection())
+    volume = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3)  # (i, j, k, 3) with one plane along axis
+    return _slice(volume, axis)
+
+
 def registration_figure(
-    fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, displacement: sitk.Image,
+    fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, transform: sitk.Transform,
     path: str | os.PathLike, grid_lines: int = 24,
 ) -> Path:
     """Save a PNG with one row per orthogonal plane (middle slices of the fixed grid).
 
     Columns: fixed, moving (on the fixed grid, before registration), warped, checkerboard of fixed
     and warped, and the deformation grid — lines of the fixed grid displaced by the in-plane
-    components of the pull-back field (in voxels, the slice's mean displacement removed so a large
+    components of the pull-back ``transform``'s displacement, sampled on the slice only (in voxels, the
+    slice's mean displacement removed so a large
     overall shift does not push the grid out of view), drawn over the fixed slice. Slices are in
     index space; the axial row is drawn with the first rows (anterior for LPS-aligned images) on top.
     """
@@ -57,7 +70,7 @@ def registration_figure(
     vols = [ijk(im) for im in (fixed, moving, warped)]
     index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
     to_voxels = np.linalg.inv(index_matrix)
-    field = sitk.GetArrayViewFromImage(displacement).transpose(2, 1, 0, 3)  # (i, j, k, 3) mm
+    centre = [n // 2 for n in fixed.GetSize()]
     spacing = fixed.GetSpacing()
     fig, axes = plt.subplots(3, 5, figsize=(15, 9.5))
     for row, (axis, title) in enumerate(_PLANES):
@@ -70,7 +83,7 @@ def registration_figure(
             axes[row, col].set_title(f"{name} — {title}", fontsize=9)
         ax = axes[row, 4]
         ax.imshow(f, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1, alpha=0.5)
-        disp = _slice(field, axis) @ to_voxels.T  # (rows = b, cols = a, 3) in voxels
+        disp = _slice_displacement(transform, fixed, axis, centre[axis]) @ to_voxels.T  # (b, a, 3) voxels
         disp = disp - disp.mean(axis=(0, 1))
         rows_b, cols_a = np.indices(disp.shape[:2])
         x, y = cols_a + disp[..., a], rows_b + disp[..., b]

@@ -38,6 +38,7 @@ __all__ = [
     "read_points",
     "write_points",
     "atomic_path",
+    "check_output_folder",
 ]
 
 ImageLike = Union[str, os.PathLike, sitk.Image, Any]  # Any: a nibabel spatial image
@@ -419,6 +420,24 @@ def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> s
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def check_output_folder(path: str | os.PathLike, name: str = "output folder") -> Path:
+    """Refuse an output folder that cannot be written, before any work: an empty path, an existing
+    file, a folder (or the nearest existing parent) without write permission. ``name``: the option's
+    name in the calling interface, for the message."""
+    if not str(path).strip():
+        raise InputError(f"{name} is empty: give a folder for the results")
+    path = Path(path)
+    _check_utf8(path, InputError)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder ({name})")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot create output folder, {existing} is a file ({name})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{existing}: permission denied, cannot write {name}")
+    return path
 
 
 def public_mode(directory: bool = False) -> int:

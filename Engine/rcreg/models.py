@@ -48,7 +48,7 @@ DEFAULT_CARD: dict = {
 }
 
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ModelSpec = Union[None, str, os.PathLike, RecursiveCascadeNetwork, Predictor]
+ModelSpec = Union[None, str, os.PathLike, RecursiveCascadeNetwork, Predictor, "Model"]
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -159,11 +159,13 @@ def _default_model(modality: Optional[str]) -> str:
 def resolve_model(model: ModelSpec = None, *, modality: Optional[str] = None) -> Model:
     """Turn ``model`` into a :class:`Model`.
 
-    ``model`` may be: ``None`` (the installed model for ``modality`` — e.g. ``"CT"``, ``"MR"`` —, else
+    ``model`` may be: a resolved :class:`Model` (returned as is); ``None`` (the installed model for ``modality`` — e.g. ``"CT"``, ``"MR"`` —, else
     the only one installed, else the one whose card says ``"default": true``); an installed model's
     name (see :func:`list_models`); a checkpoint path; a :class:`RecursiveCascadeNetwork`; or a
     predictor callable. Errors are one-line :class:`ValueError` subclasses.
     """
+    if isinstance(model, Model):
+        return model
     if isinstance(model, RecursiveCascadeNetwork):
         return Model("network", _complete_card(getattr(model, "card", None), "network"), network=model)
     if model is not None and callable(model) and not isinstance(model, (str, os.PathLike)):

@@ -20,7 +20,7 @@ import torch
 
 from .io import MIN_SIZE, ImageLike, InputError, as_image, read_label_map, same_grid
 
-__all__ = ["network_grid", "refinement_grids", "normalize", "normalized_image", "on_grid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
+__all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
            "ALIGNMENTS"]
 
 
@@ -97,6 +97,17 @@ def refinement_grids(fixed: sitk.Image, spacing: float, levels: int, mask: Optio
         grid.SetOrigin(origin)
         grids.append(grid)
     return grids
+
+
+def resized_grid(grid: sitk.Image, shape: Sequence[int]) -> sitk.Image:
+    """An empty reference image of ``shape`` over the same box as ``grid`` (first and last voxel centres
+    where ``grid`` has them, same direction): the geometry of :func:`rcreg.spatial.resize_flow`'s output."""
+    old, new = np.asarray(grid.GetSize(), dtype=float), np.asarray(shape, dtype=float)
+    out = sitk.Image([int(n) for n in shape], sitk.sitkUInt8)
+    out.SetSpacing((np.asarray(grid.GetSpacing()) * (old - 1) / np.maximum(new - 1, 1)).tolist())
+    out.SetDirection(grid.GetDirection())
+    out.SetOrigin(grid.GetOrigin())
+    return out
 
 
 def normalize(array: np.ndarray, spec: dict) -> np.ndarray:

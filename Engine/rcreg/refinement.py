@@ -4,8 +4,10 @@ Starting from an initial flow (the cascade's composed field, or zero), a displac
 ``diffeomorphic``, a stationary velocity field — is optimised by Adam over a pyramid of grids, coarse
 to fine. At each level the refinement lives on a control grid ``control`` times coarser than the
 level and is trilinearly upsampled; the similarity is measured on the level grid between the fixed
-image and the moving image pre-warped once by the initial flow. The result is the exact composition
-``φ_initial ∘ φ_refinement`` (``compose(initial, refinement)``) on the finest level.
+image and the moving image. Without ``diffeomorphic`` the control grid holds the whole field (the
+initial one plus the refinement; the regulariser sees the whole field, so the refinement may also
+smooth the network's roughness); with it, the velocity of a refinement composed exactly after the
+initial field, ``compose(initial, exp(v))``, the moving image pre-warped once by the initial field.
 
 All tensors are ``(1, C, X, Y, Z)`` on grids that cover one box with their first and last voxel
 centres at the same points (``rcreg.spatial.resize_flow``); flows are pull-back, in voxels of their
@@ -26,7 +28,7 @@ from .losses import local_ncc_loss, local_statistics, mse_loss, mutual_informati
 from .spatial import compose, integrate_velocity, resize_flow, warp
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "RefineOptions", "RefinementResult",
-           "Cancelled", "refine", "regularization_loss"]
+           "Cancelled", "refine", "regularization_loss", "control_shape"]
 
 Similarity = Literal["ncc", "correlation", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
@@ -103,12 +105,13 @@ class RefineOptions:
 
 @dataclass
 class RefinementResult:
-    """flow: ``compose(initial, refinement)`` on the finest grid ``(1, 3, X, Y, Z)`` (voxels);
-    refinement: the refinement's own displacement there; levels: per level (coarse to fine) its grid
-    shape, iterations run, seconds, and the similarity before and after."""
+    """flow: the refined pull-back field on the finest level's control grid ``(1, 3, *control_shape(finest,
+    control))``, in voxels of that grid (over the same box as the finest level, corners aligned): the
+    field the similarity saw at the finest level is its trilinear upsampling, so this grid holds it
+    exactly, and the exported transform can stay this small; levels: per level (coarse to fine) its
+    grid and control grid shapes, iterations run, seconds, and the similarity before and after."""
 
     flow: torch.Tensor
-    refinement: torch.Tensor
     levels: list[dict] = field(default_factory=list)
 
 
@@ -139,7 +142,7 @@ def regularization_loss(params: torch.Tensor, kind: Regularization = "diffusion"
     raise ValueError(f"unknown regularization {kind!r}; choose one of {', '.join(REGULARIZATIONS)}")
 
 
-def _control_shape(shape: Sequence[int], control: int) -> list[int]:
+def control_shape(shape: Sequence[int], control: int) -> list[int]:
     """Control grid over the same box as ``shape``, about ``control`` voxels apart (≥ 2 per axis)."""
     return [max(2, math.ceil((n - 1) / control) + 1) for n in shape]
 
@@ -247,7 +250,7 @@ def refine(
     voxels of the finest grid; masks: optional fixed-image weights per level (similarity only
     there). ``progress(fraction, message)`` is called every iteration; ``cancel()`` returning true
     raises :class:`Cancelled`. ``seed`` fixes the voxel samples. Returns a :class:`RefinementResult`;
-    with ``options.iterations == 0`` its flow is ``initial`` itself.
+    with ``options.iterations == 0`` its flow is ``initial`` as the final control grid samples it.
     """
     if len(fixed) != options.levels or len(moving) != options.levels or (masks is not None and len(masks) != options.levels):
         raise ValueError(f"refine needs {options.levels} pyramid levels for fixed, moving and masks")
@@ -255,8 +258,9 @@ def refine(
     if tuple(initial.shape) != (1, 3, *finest):
         raise ValueError(f"initial flow {tuple(initial.shape)} is not on the finest grid {finest}")
     initial = initial.float()
+    final_control = control_shape(finest, options.control)
     if options.iterations == 0:
-        return RefinementResult(flow=initial, refinement=torch.zeros_like(initial))
+        return RefinementResult(flow=resize_flow(initial, final_control))
     report = progress or (lambda fraction, message: None)
     budget = options.level_iterations()
     total, done = sum(budget), 0
@@ -267,19 +271,19 @@ def refine(
     for level, iterations in enumerate(budget):
         start = time.perf_counter()
         shape = tuple(fixed[level].shape[2:])
-        control = _control_shape(shape, options.control)
+        control = control_shape(shape, options.control)
         mask = None if masks is None else masks[level].float()
+        base_control = resize_flow(initial, control)  # the initial field as this control grid represents it
+        base = resize_flow(base_control, shape)
         if additive:
-            similarity = _Level(fixed[level].float(), moving[level].float(), mask, options, generator,
-                                base=resize_flow(initial, shape))
-            base_control = resize_flow(initial, control)
+            similarity = _Level(fixed[level].float(), moving[level].float(), mask, options, generator, base=base)
         else:
             with torch.no_grad():
-                prewarped = warp(moving[level].float(), resize_flow(initial, shape))
+                prewarped = warp(moving[level].float(), base)
             similarity = _Level(fixed[level].float(), prewarped, mask, options, generator)
-            base_control = 0.0
         params = (torch.zeros(1, 3, *control, device=initial.device) if params is None
                   else resize_flow(params.detach(), control)).requires_grad_(True)
+        regularized = base_control if additive else 0.0  # additive: the whole field; diffeomorphic: the velocity
         optimizer = _Adam(params, options.learning_rate)
         losses: list[float] = []
         with torch.no_grad():
@@ -289,7 +293,7 @@ def refine(
                 raise Cancelled("registration cancelled")
             loss = similarity.loss(_displacement(params, options.diffeomorphic))
             if options.weight > 0:
-                loss = loss + options.weight * regularization_loss(params + base_control, options.regularization)
+                loss = loss + options.weight * regularization_loss(params + regularized, options.regularization)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
@@ -303,9 +307,10 @@ def refine(
         with torch.no_grad():
             after = float(similarity.loss(_displacement(params, options.diffeomorphic)))
         done += iterations - len(losses)
-        levels.append({"shape": list(shape), "iterations": len(losses), "seconds": round(time.perf_counter() - start, 4),
+        levels.append({"shape": list(shape), "control_shape": control, "iterations": len(losses),
+                       "seconds": round(time.perf_counter() - start, 4),
                        "similarity_before": before, "similarity_after": after})
     with torch.no_grad():
-        refinement = resize_flow(_displacement(params.detach(), options.diffeomorphic), finest)
-        flow = initial + refinement if additive else compose(initial, refinement)
-    return RefinementResult(flow=flow, refinement=refinement, levels=levels)
+        displacement = _displacement(params.detach(), options.diffeomorphic)
+        flow = base_control + displacement if additive else compose(base_control, displacement)
+    return RefinementResult(flow=flow, levels=levels)

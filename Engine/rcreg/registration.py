@@ -6,6 +6,7 @@ image's full grid → the *original* moving image (and labels, points) resampled
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,12 +21,13 @@ import SimpleITK as sitk
 import torch
 
 from . import metrics
-from .fields import displacement_to_voxel_flow, displacement_transform, field_jacobian_determinant, flow_to_displacement
+from .fields import (compact_displacement, dense_displacement, displacement_to_voxel_flow, field_jacobian_determinant,
+                     flow_to_displacement, inverse_transform, registration_transform, round_trip_error)
 from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, read_points, write_image, write_points,
                  write_transform)
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
-                            preprocess_labels, refinement_grids)
+                            preprocess_labels, refinement_grids, resized_grid)
 from .refinement import RefineOptions, refine as refine_flow
 from .runtime import tune_allocator
 
@@ -39,16 +41,20 @@ NO_MODEL = "none"
 #: The finest refinement level is the fixed image's spacing, but never finer than this (mm).
 FINEST_REFINEMENT_MM = 1.5
 
-#: Files written by :meth:`RegistrationResult.save` (``warped_labels``/``mapped_points`` only when present).
+#: Files written by :meth:`RegistrationResult.save` (``warped_labels``/``mapped_points`` only when present,
+#: ``displacement`` only with ``dense_field``, ``figure`` unless ``figure=False``).
 OUTPUT_FILES = {
     "warped": "warped.nii.gz",
     "transform": "transform.h5",
+    "inverse_transform": "inverse_transform.h5",
     "displacement": "displacement.nii.gz",
     "warped_labels": "warped_labels.nii.gz",
     "mapped_points": "mapped_points.csv",
     "metrics": "metrics.json",
     "figure": "figure.png",
 }
+_STAGING = ".{name}.tmp-"  # prefix of a run's staging folder beside its output folder
+_OWNER = ".rcreg-pid"  # file in a staging folder naming the process that writes it
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, labels: bool = False) -> sitk.Image:
@@ -61,62 +67,121 @@ def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform
     return sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging folders of earlier runs into ``parent/name`` whose process is gone (killed runs)."""
+    for folder in parent.glob(_STAGING.format(name=name) + "*"):
+        try:
+            pid = int((folder / _OWNER).read_text(encoding="utf-8"))
+            os.kill(pid, 0)  # raises if no such process
+            if pid != os.getpid():
+                continue  # another live run is writing it
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass
 class RegistrationResult:
     """Outputs of :func:`register`, all in the fixed image's space.
 
-    warped: the moving image resampled once onto the fixed grid; displacement: pull-back field (LPS
-    mm, ``sitkVectorFloat64``) on the fixed grid; transform: ``DisplacementFieldTransform`` over it;
-    warped_labels: moving labels (nearest neighbour) or ``None``; mapped_points: fixed points mapped
-    into moving space ``(N, 3)`` LPS mm, or ``None``; metrics: JSON-ready dictionary; fixed: the
-    fixed image; moving_on_fixed: the moving image on the fixed grid before registration (after the
-    initial alignment only), the reference of every "before" metric.
+    warped: the moving image resampled once onto the fixed grid; field: the compact pull-back
+    displacement field (LPS mm, ``sitkVectorFloat64``) on the grid it was computed on — the network
+    grid, or the finest refinement control grid — padded by one voxel
+    (:func:`rcreg.fields.compact_displacement`); translation: the initial alignment (mm), applied
+    after the field; transform: ``p ↦ p + u(p) + t`` (:func:`rcreg.fields.registration_transform`);
+    :attr:`inverse`: its inverse (:func:`rcreg.fields.inverse_transform`, computed when first asked
+    for; :meth:`save` writes it and its round-trip error into metrics.json); warped_labels: moving labels
+    (nearest neighbour) or ``None``; mapped_points: fixed points mapped into moving space ``(N, 3)``
+    LPS mm, or ``None``; metrics: JSON-ready dictionary; fixed: the fixed image; moving_on_fixed: the
+    moving image on the fixed grid before registration (after the initial alignment only), the
+    reference of every "before" metric. :attr:`displacement` is the same transform as a dense field on
+    the fixed grid, computed when first asked for.
     """
 
     warped: sitk.Image
-    displacement: sitk.Image
-    transform: sitk.DisplacementFieldTransform
+    field: sitk.Image
+    translation: np.ndarray
+    transform: sitk.Transform
     fixed: sitk.Image
     moving_on_fixed: sitk.Image
     warped_labels: Optional[sitk.Image] = None
     mapped_points: Optional[np.ndarray] = None
     metrics: dict = field(default_factory=dict)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write every output (see :data:`OUTPUT_FILES`) into ``directory``, atomically.
+    @functools.cached_property
+    def displacement(self) -> sitk.Image:
+        """The pull-back displacement (LPS mm, ``sitkVectorFloat64``) at every fixed voxel."""
+        return dense_displacement(self.field, self.fixed, self.translation)
 
-        Files are written into a temporary folder first; a new ``directory`` is then created by one
-        rename, an existing one receives each file by rename. On failure nothing is left behind.
+    @functools.cached_property
+    def inverse(self) -> sitk.Transform:
+        """The inverse transform (moving → fixed points), computed when first asked for (0.1–0.3 s)."""
+        return inverse_transform(self.field, self.translation)[0]
+
+    def inverse_round_trip(self) -> dict:
+        """``|φ⁻¹(φ(p)) − p|`` (mm) over the transform grid's points: median, 95th percentile, maximum."""
+        inside = sitk.Image([n - 2 for n in self.field.GetSize()], sitk.sitkUInt8)  # the grid without its padding
+        inside.SetSpacing(self.field.GetSpacing())
+        inside.SetDirection(self.field.GetDirection())
+        inside.SetOrigin(self.field.TransformIndexToPhysicalPoint([1, 1, 1]))
+        error = round_trip_error(self.transform, self.inverse, inside)
+        return {"median": float(np.median(error)), "p95": float(np.percentile(error, 95)), "max": float(error.max())}
+
+    def save(self, directory: str | os.PathLike, *, dense_field: bool = False, figure: bool = True) -> Path:
+        """Write the outputs (:data:`OUTPUT_FILES`) into ``directory`` as one transaction.
+
+        Everything is written into a staging folder beside ``directory`` first; a new ``directory`` is
+        then created by one rename, an existing one receives each file by rename and loses the files
+        of an earlier run that this one does not write, so the folder always holds one run's outputs.
+        On failure (or an interrupt) the staging folder is removed; staging folders left by killed
+        runs are removed by the next run into the same place. ``dense_field`` also writes
+        ``displacement.nii.gz``, the field on the fixed grid; ``figure=False`` skips ``figure.png``.
         """
         from .figures import registration_figure
 
         directory = Path(directory)
+        if not str(directory).strip():
+            raise OSError("output folder is empty: give a folder for the results")
         parent = directory.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+            _remove_stale_staging(parent, directory.name)
+            staging = Path(tempfile.mkdtemp(prefix=_STAGING.format(name=directory.name), dir=parent))
             staging.chmod(public_mode(directory=True))  # mkdtemp creates 0700
+            (staging / _OWNER).write_text(str(os.getpid()), encoding="utf-8")
         except (FileExistsError, NotADirectoryError):
             raise OSError(f"{directory}: cannot create output folder (a parent path is a file)") from None
         except OSError as exc:
             raise OSError(f"{directory}: cannot write output folder ({exc.strerror or exc})") from None
         try:
+            if directory.exists() and (not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK)):
+                raise OSError(f"{directory}: exists and is not a writable folder")
+            written = {"warped", "transform", "inverse_transform", "metrics"}
+            self.metrics.setdefault("inverse_round_trip_mm", self.inverse_round_trip())
             write_image(self.warped, staging / OUTPUT_FILES["warped"])
             write_transform(self.transform, staging / OUTPUT_FILES["transform"])
-            # float32 LPS vectors, as ANTs writes its warps (ITK's NIfTI vector layout, intent 1007).
-            write_image(sitk.Cast(self.displacement, sitk.sitkVectorFloat32), staging / OUTPUT_FILES["displacement"])
+            write_transform(self.inverse, staging / OUTPUT_FILES["inverse_transform"])
+            if dense_field:  # float32 LPS vectors, as ANTs writes its warps (ITK's NIfTI vector layout)
+                write_image(sitk.Cast(self.displacement, sitk.sitkVectorFloat32), staging / OUTPUT_FILES["displacement"])
+                written.add("displacement")
             if self.warped_labels is not None:
                 write_image(self.warped_labels, staging / OUTPUT_FILES["warped_labels"])
+                written.add("warped_labels")
             if self.mapped_points is not None:
                 write_points(self.mapped_points, staging / OUTPUT_FILES["mapped_points"])
-            (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(_json_ready(self.metrics), indent=2) + "\n")
-            registration_figure(self.fixed, self.moving_on_fixed, self.warped, self.displacement,
-                                staging / OUTPUT_FILES["figure"])
+                written.add("mapped_points")
+            (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(_json_ready(self.metrics), indent=2) + "\n",
+                                                           encoding="utf-8")
+            if figure:
+                registration_figure(self.fixed, self.moving_on_fixed, self.warped, self.transform,
+                                    staging / OUTPUT_FILES["figure"])
+                written.add("figure")
+            (staging / _OWNER).unlink()
             if directory.exists():
-                if not directory.is_dir():
-                    raise OSError(f"{directory}: exists and is not a folder")
-                for item in staging.iterdir():
-                    os.replace(item, directory / item.name)
+                for key in written:
+                    os.replace(staging / OUTPUT_FILES[key], directory / OUTPUT_FILES[key])
+                for key in set(OUTPUT_FILES) - written:  # an earlier run's outputs that this one replaces
+                    (directory / OUTPUT_FILES[key]).unlink(missing_ok=True)
                 staging.rmdir()
             else:
                 os.rename(staging, directory)
@@ -176,13 +241,14 @@ def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) ->
     }
 
 
-def image_modality(image: sitk.Image) -> Optional[str]:
+def image_modality(image: sitk.Image) -> str:
     """The DICOM modality tag if the image has one; else ``"CT"`` when its 1st-percentile intensity is
-    below −500 (air in Hounsfield units; MR intensities are not that negative); else ``None``."""
-    if image.HasMetaDataKey("0008|0060"):
-        return image.GetMetaData("0008|0060").strip() or None
+    below −500 (air in Hounsfield units; MR intensities are not that negative); else ``"MR"`` (NIfTI and
+    NRRD carry no modality, and any image that is not CT-like is registered with the MR model)."""
+    if image.HasMetaDataKey("0008|0060") and image.GetMetaData("0008|0060").strip():
+        return image.GetMetaData("0008|0060").strip()
     values = sitk.GetArrayViewFromImage(image)
-    return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else None
+    return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else "MR"
 
 
 def refine_options(refine: RefineSpec, card: dict) -> RefineOptions:
@@ -230,6 +296,7 @@ def register(
     mask: Optional[ImageLike] = None,
     initial_alignment: str = "none",
     refine: RefineSpec = None,
+    dense_metrics: bool = False,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> RegistrationResult:
@@ -248,7 +315,8 @@ def register(
     (:mod:`rcreg.refinement`; see :func:`refine_options`: ``None`` runs the model card's default,
     ``0`` the network only); ``model="none"`` registers by refinement alone. progress:
     ``progress(fraction, message)``; cancel: ``cancel()`` returning true stops the refinement with
-    :class:`rcreg.refinement.Cancelled`.
+    :class:`rcreg.refinement.Cancelled`. dense_metrics: det J statistics on the fixed image's full grid
+    (default: on the compact transform grid, far cheaper).
     """
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}
@@ -316,12 +384,13 @@ def register(
         first = 0.1 + network_share
         refinement = refine_flow(pyramid_f, pyramid_m, initial_flow.to(dev), options, masks=masks, cancel=cancel,
                                  progress=lambda done, message: report(first + (0.75 - first) * done, message))
-        flow, grid = refinement.flow.cpu(), grids[-1]
+        flow = refinement.flow.cpu()
+        grid = resized_grid(grids[-1], flow.shape[2:])
         t = stage("refine", t)
 
-    report(0.75, "building the physical displacement field")
-    displacement = flow_to_displacement(flow, grid, fixed, translation=shift)
-    transform = displacement_transform(displacement)
+    report(0.75, "building the transforms")
+    field = compact_displacement(flow, grid)
+    transform = registration_transform(field, shift)
     t = stage("field", t)
 
     report(0.8, "resampling the moving image")
@@ -333,9 +402,13 @@ def register(
     t = stage("resample", t)
 
     report(0.9, "computing metrics")
-    detj = field_jacobian_determinant(displacement)
+    result = RegistrationResult(warped=warped, field=field, translation=shift, transform=transform, fixed=fixed,
+                                moving_on_fixed=moving_on_fixed, warped_labels=warped_labels, mapped_points=mapped)
+    interior = (slice(1, -1),) * 3  # the compact field without its one-voxel border
+    detj = (field_jacobian_determinant(result.displacement) if dense_metrics
+            else field_jacobian_determinant(field)[interior])
     fixed_arr = sitk.GetArrayViewFromImage(fixed)
-    result_metrics: dict = {
+    result.metrics = {
         "model": resolved.name if resolved is not None else NO_MODEL,
         "cascades": cascades,
         "repeat": repeat,
@@ -344,25 +417,25 @@ def register(
                          if resolved is not None else None),
         "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None
                        else {"iterations": 0}),
+        "transform_grid": {"shape": list(field.GetSize()), "spacing_mm": list(field.GetSpacing())},
         "initial_alignment": initial_alignment,
         "initial_translation_mm": shift.tolist(),
         "correlation_before": metrics.correlation(sitk.GetArrayViewFromImage(moving_on_fixed), fixed_arr),
         "correlation_after": metrics.correlation(sitk.GetArrayViewFromImage(warped), fixed_arr),
+        "jacobian_grid": "fixed" if dense_metrics else "transform",
         "folding_fraction": metrics.folding_fraction(detj),
         "sdlogj": metrics.sdlogj(detj),
         "jacobian_std": metrics.jacobian_std(detj),
     }
     if warped_labels is not None and fixed_lab is not None:
         before = resample(moving_lab, fixed, initial, labels=True)
-        result_metrics.update(_label_metrics(warped_labels, before, fixed_lab))
+        result.metrics.update(_label_metrics(warped_labels, before, fixed_lab))
     if mapped is not None and points_m is not None:
         per_point, mean = metrics.landmark_error(mapped, points_m)
         _, mean_before = metrics.landmark_error(points_f + shift, points_m)
-        result_metrics.update(landmark_error_mm=per_point.tolist(), landmark_error_mm_mean=mean,
+        result.metrics.update(landmark_error_mm=per_point.tolist(), landmark_error_mm_mean=mean,
                               landmark_error_mm_mean_before=mean_before)
     stage("metrics", t)
-    result_metrics["timings_s"] = timings
+    result.metrics["timings_s"] = timings
     report(1.0, "done")
-    return RegistrationResult(warped=warped, displacement=displacement, transform=transform, fixed=fixed,
-                              moving_on_fixed=moving_on_fixed, warped_labels=warped_labels,
-                              mapped_points=mapped, metrics=result_metrics)
+    return result

@@ -146,6 +146,7 @@ class RecursiveCascadeRegistrationLogic:
         if outputTransformNode is not None and outputTransformNode.IsA("vtkMRMLLinearTransformNode"):
             raise ValueError(f"transform '{outputTransformNode.GetName()}' is linear: choose a grid transform node")
         rcreg = importEngine()
+        from rcreg.fields import translated_field
         from rcreg.refinement import Cancelled
 
         def report(fraction: float, message: str) -> None:
@@ -203,7 +204,9 @@ class RecursiveCascadeRegistrationLogic:
             if outputTransformNode is None:
                 outputTransformNode = newNode("vtkMRMLGridTransformNode", f"{movingVolumeNode.GetName()} to "
                                                                            f"{fixedVolumeNode.GetName()}")
-            outputTransformNode.SetAndObserveTransformFromParent(gridTransformFromDisplacement(result.displacement))
+            # The compact grid the engine computed the field on (not the dense field: 100× smaller).
+            compact = translated_field(result.field, result.translation)
+            outputTransformNode.SetAndObserveTransformFromParent(gridTransformFromDisplacement(compact))
             display.showDeformationGrid(outputTransformNode, fixedVolumeNode)
 
             if outputVolumeNode is None:

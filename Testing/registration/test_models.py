@@ -35,7 +35,8 @@ def test_list_and_choose_installed_models(installed, capsys):
 
 
 def test_default_model_follows_the_fixed_image_modality(installed):
-    """Without --model, a CT-like fixed image (air at −1000 HU) picks the CT model; a DICOM tag wins."""
+    """Without --model, a CT-like fixed image (air at −1000 HU) picks the CT model, any other (a plain MR
+    NIfTI/NRRD, no tag) the MR model; a DICOM tag wins."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -45,8 +46,9 @@ def test_default_model_follows_the_fixed_image_modality(installed):
     ct[3:9, 3:9, 3:9] = 40.0
     mr = np.abs(np.random.default_rng(0).normal(300.0, 80.0, (12, 12, 12))).astype(np.float32)
     assert image_modality(sitk.GetImageFromArray(ct)) == "CT"
-    assert image_modality(sitk.GetImageFromArray(mr)) is None
-    tagged = sitk.GetImageFromArray(mr)
+    assert image_modality(sitk.GetImageFromArray(mr)) == "MR"
+    assert resolve_model(None, modality=image_modality(sitk.GetImageFromArray(mr))).name == "mr-small"
+    tagged = sitk.GetImageFromArray(ct)
     tagged.SetMetaData("0008|0060", "MR")
     assert image_modality(tagged) == "MR"
     assert resolve_model(None, modality=image_modality(sitk.GetImageFromArray(ct))).name == "ct-small"

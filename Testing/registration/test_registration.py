@@ -50,14 +50,14 @@ def saved(oblique_pair, tmp_path):
     points_f = np.array([[0.0, 0.0, 0.0], [5.0, -3.0, 2.0], [-7.5, 4.0, -1.0]])
     result = register(moving, fixed, model=translation_predictor(fixed, shift), moving_labels=labels_m,
                       fixed_labels=labels_f, fixed_points=points_f, moving_points=points_f + shift, refine=0)
-    out = result.save(tmp_path / "out")
+    out = result.save(tmp_path / "out", dense_field=True)
     return fixed, moving, shift, labels_m, labels_f, result, out
 
 
 def test_saved_files_and_geometry(saved):
     fixed, _, _, _, _, result, out = saved
     names = {p.name for p in out.iterdir()}
-    assert names == {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "warped_labels.nii.gz",
+    assert names == {"warped.nii.gz", "transform.h5", "inverse_transform.h5", "displacement.nii.gz", "warped_labels.nii.gz",
                      "mapped_points.csv", "metrics.json", "figure.png"}
     for name in ("warped.nii.gz", "displacement.nii.gz", "warped_labels.nii.gz"):
         image = sitk.ReadImage(str(out / name))
@@ -210,7 +210,7 @@ def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, ca
             "--output-dir", str(tmp_path / "out"), "--model", str(tmp_path / "random.pt"), "--device", "cpu", *extra]
     assert main(argv) == 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert names == {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "metrics.json", "figure.png"}
+    assert names == {"warped.nii.gz", "transform.h5", "inverse_transform.h5", "metrics.json", "figure.png"}
     # Outputs get the permissions a plain open()/mkdir() would give (temp files start as 0600/0700).
     umask = os.umask(0)
     os.umask(umask)

@@ -86,10 +86,11 @@ def test_volume_conversion_matches_slicer_file_writer(scene, tmp_path):
 
 
 def test_transform_from_parent_equals_engine_field(run, tmp_path):
-    """FromParent(p) = p + u(p), u being the engine's field computed from files Slicer wrote itself."""
+    """FromParent(p) = p + u(p), u being the engine's transform (its transform.h5: the compact field)
+    computed from files Slicer wrote itself."""
     engine = rcreg.register(writeWithSlicer(run["moving"], tmp_path / "moving.nrrd"),
                             writeWithSlicer(run["fixed"], tmp_path / "fixed.nrrd"), model=run["model"], refine=0)
-    itkTransform = sitk.DisplacementFieldTransform(sitk.Image(engine.displacement))
+    itkTransform = engine.transform
     fromParent = run["logic"].outputTransformNode.GetTransformFromParent()
     points = pointsInside(run["fixed"])
     ours = np.array([fromParent.TransformPoint(p) for p in points])

@@ -6,13 +6,17 @@ import sys
 
 from ..refinement import REGULARIZATIONS, SIMILARITIES, RefineOptions
 from ..registration import NO_MODEL, OUTPUT_FILES
+from ..runtime import add_threads_argument
 
-HELP = "Register a moving image to a fixed image (writes warped image, transform, displacement field, metrics, figure)."
+HELP = "Register a moving image to a fixed image (writes the warped image, transform and inverse, metrics, figure)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--moving", "-m", required=True, help="moving image file or DICOM series folder")
-    parser.add_argument("--fixed", "-f", required=True, help="fixed image (defines the output space)")
+    parser.add_argument("--moving", "-m", help="moving image file or DICOM series folder")
+    parser.add_argument("--fixed", "-f", help="fixed image (defines the output space)")
+    parser.add_argument("--pairs", help="CSV of pairs (columns moving, fixed[, moving_labels, fixed_labels, mask, name]) "
+                        "to register with the model loaded once, instead of --moving/--fixed: one sub-folder per "
+                        "pair, finished pairs skipped, summary.csv (docs/registration.md#cohorts)")
     parser.add_argument("--output-dir", "-o", required=True, help="folder for " + ", ".join(OUTPUT_FILES.values()))
     parser.add_argument("--model", help="installed model name (see `rcreg models`) or checkpoint file, or "
                         f"'{NO_MODEL}' (refinement alone); default: the installed model for the fixed image's modality")
@@ -42,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--diffeomorphic", action="store_true", default=None,
                         help="refine a stationary velocity field (scaling and squaring): det J > 0")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    parser.add_argument("--dense-field", action="store_true",
+                        help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
+    parser.add_argument("--dense-metrics", action="store_true",
+                        help="det J statistics on the fixed image's full grid (default: on the transform's grid)")
+    parser.add_argument("--no-figure", action="store_true", help="do not draw figure.png")
+    add_threads_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
 
 
@@ -58,16 +68,32 @@ def refine_arguments(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_output_folder
     from ..registration import register
+    from ..runtime import set_threads
 
-    result = register(
-        args.moving, args.fixed, model=args.model, cascades=args.cascades, repeat=args.repeat,
-        device=args.device, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels,
-        moving_points=args.moving_points, fixed_points=args.fixed_points, mask=args.mask,
-        initial_alignment=args.initial_alignment, refine=refine_arguments(args),
-        progress=None if args.quiet else _progress,
-    )
-    out = result.save(args.output_dir)
+    if (args.pairs and (args.moving or args.fixed)) or (not args.pairs and not (args.moving and args.fixed)):
+        raise ValueError("give either --moving and --fixed, or --pairs")
+    check_output_folder(args.output_dir, "--output-dir")  # before any work, not after it
+    set_threads(args.threads)
+    options = dict(model=args.model, cascades=args.cascades, repeat=args.repeat, device=args.device,
+                   initial_alignment=args.initial_alignment, refine=refine_arguments(args),
+                   dense_metrics=args.dense_metrics)
+    save = dict(dense_field=args.dense_field, figure=not args.no_figure)
+    if args.pairs:
+        from ..cohort import print_progress, read_pairs, register_pairs
+
+        if args.moving_labels or args.fixed_labels or args.moving_points or args.fixed_points or args.mask:
+            raise ValueError("with --pairs, labels and masks are columns of the pairs file")
+        summary = register_pairs(read_pairs(args.pairs), args.output_dir, save_options=save,
+                                 progress=None if args.quiet else print_progress, **options)
+        if not args.quiet:
+            print(f"summary in {summary}", file=sys.stderr)
+        return 0
+    result = register(args.moving, args.fixed, moving_labels=args.moving_labels, fixed_labels=args.fixed_labels,
+                      moving_points=args.moving_points, fixed_points=args.fixed_points, mask=args.mask,
+                      progress=None if args.quiet else _progress, **options)
+    out = result.save(args.output_dir, **save)
     if not args.quiet:
         m = result.metrics
         summary = f"correlation {m['correlation_before']:.3f} → {m['correlation_after']:.3f}"
