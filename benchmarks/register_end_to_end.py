@@ -1,22 +1,24 @@
 #!/usr/bin/env python
-"""End-to-end time of ``rcreg register`` for a large fixed volume, stage by stage.
+"""End-to-end time and output size of the ``rcreg register`` command for a large fixed volume.
 
-    .venv/bin/python benchmarks/register_end_to_end.py [--size 256] [--grid 128] [--cascades 3]
-                                                     [--width 1.0] [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/register_end_to_end.py [--size 256] [--model NAME|FILE] [--threads 2]
+                                                     [--refine 0 …] [--device cpu]
 
-Writes a synthetic fixed volume of ``size³`` voxels (oblique, 0.9 × 0.9 × 1.0 mm, int16) and a
-moving volume on another grid (shifted, rotated pattern) as ``.nii.gz`` files, then registers them
-with a randomly initialised ``RecursiveCascadeNetwork`` (affine + ``cascades`` VTN stages of the
-given width on a ``grid³`` network grid — the same work as a trained model of that architecture) and
-saves every output. Prints a Markdown table of per-stage times (read, preprocess, network, field to
-physical, resample, metrics, write) and the peak resident memory.
+Writes a synthetic fixed volume of ``size³`` voxels (oblique, 0.9 × 0.9 × 1.0 mm, int16, CT-like
+values) and a moving volume on another grid (shifted, rotated pattern) as ``.nii.gz`` files, then runs
+the command line — a fresh ``rcreg register`` process, default outputs — once per ``--refine`` value
+(0: the network alone; ``default``: the model card's refinement). Prints a Markdown table per run:
+the process's wall time, its stages from ``metrics.json`` (the rest is interpreter start-up, imports
+and writing the outputs), and the size of every output file.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from rcreg import RecursiveCascadeNetwork
-from rcreg.registration import register
-
-STAGES = [("read", "read (2 volumes)"), ("preprocess", "preprocess (normalise, resample to grid)"),
-          ("network", "network"), ("field", "field to physical (full-resolution LPS field)"),
-          ("resample", "resample (warped image)"), ("metrics", "metrics (det J, correlation)")]
+STAGES = ["read", "preprocess", "network", "refinement_preprocess", "refine", "field", "resample", "metrics"]
 
 
 def rotation(angle: float) -> np.ndarray:
@@ -60,23 +57,31 @@ def synthetic(size: int, spacing, direction: np.ndarray, shift) -> sitk.Image:
     return out
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process so far (all threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def run_cli(tmp: Path, args: argparse.Namespace, refine: str) -> tuple[float, dict, dict]:
+    """One ``rcreg register`` process: (wall seconds, metrics.json timings, output sizes in MiB)."""
+    out = tmp / f"out-{refine}"
+    command = [sys.executable, "-m", "rcreg.cli", "register", "-m", str(tmp / "moving.nii.gz"), "-f",
+               str(tmp / "fixed.nii.gz"), "-o", str(out), "--threads", str(args.threads), "--device", args.device, "-q"]
+    if args.model:
+        command += ["--model", args.model]
+    if refine != "default":
+        command += ["--refine", refine]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    sizes = {p.name: p.stat().st_size / 2 ** 20 for p in out.iterdir()}
+    return wall, metrics, sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="fixed volume size (voxels per axis)")
-    parser.add_argument("--grid", type=int, default=128, help="network grid size (voxels per axis)")
-    parser.add_argument("--cascades", type=int, default=3, help="deformable VTN cascades (plus the affine one)")
-    parser.add_argument("--width", type=float, default=1.0, help="channel width factor of the networks")
+    parser.add_argument("--model", help="model name or checkpoint (default: what rcreg register picks)")
+    parser.add_argument("--refine", nargs="+", default=["0", "default"], help="--refine values to run")
     parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,33 +89,22 @@ def main() -> None:
         sitk.WriteImage(synthetic(args.size, (0.9, 0.9, 1.0), rotation(0.2), (0, 0, 0)), str(tmp / "fixed.nii.gz"))
         sitk.WriteImage(synthetic(int(args.size * 0.85), (1.1, 1.1, 1.1), rotation(-0.1), (4, -3, 5)),
                         str(tmp / "moving.nii.gz"))
-        network = RecursiveCascadeNetwork("vtn", n_cascades=args.cascades, width=args.width)
-        network.card = {"name": "random-vtn", "grid": {"shape": [args.grid] * 3},
-                        "normalization": {"type": "window", "min": -1000, "max": 400}}
-        cpu_start = _cpu_seconds()
-        start = time.perf_counter()
-        result = register(tmp / "moving.nii.gz", tmp / "fixed.nii.gz", model=network, device=args.device)
-        saved = time.perf_counter()
-        result.save(tmp / "out")
-        end = time.perf_counter()
-        cpu = _cpu_seconds() - cpu_start
-        sizes = {p.name: p.stat().st_size / 2 ** 20 for p in (tmp / "out").iterdir()}
-
-    timings = result.metrics["timings_s"]
-    rows = [(label, timings[key]) for key, label in STAGES] + [("write (all outputs)", end - saved)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"fixed {args.size}³ int16 (0.9×0.9×1.0 mm, oblique), moving {int(args.size * 0.85)}³; "
-          f"network grid {args.grid}³; random VTN, affine + {args.cascades} cascades, width {args.width}; "
-          f"{args.threads} threads on {args.device} ({platform.processor() or platform.machine()}); "
-          f"torch {torch.__version__}, SimpleITK {sitk.Version.VersionString()}\n")
-    print("| stage | seconds |\n|---|---:|")
-    for label, seconds in rows:
-        print(f"| {label} | {seconds:.2f} |")
-    print(f"| **total** | **{end - start:.2f}** |")
-    print(f"\nCPU time of register + save (user + system, all threads) {cpu:.0f} s; "
-          f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"({os.cpu_count()} CPUs); peak resident memory {peak:.0f} MiB; output sizes: "
-          + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in sorted(sizes.items())))
+        runs = [(refine, *run_cli(tmp, args, refine)) for refine in args.refine]
+    print(f"fixed {args.size}³ int16 (0.9×0.9×1.0 mm, oblique), moving {int(args.size * 0.85)}³ (1.1 mm); "
+          f"`rcreg register` processes, {args.threads} threads on {args.device} "
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs); torch {torch.__version__}, "
+          f"SimpleITK {sitk.Version.VersionString()}; 1-minute load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after\n")
+    print("| stage | " + " | ".join(f"--refine {r} (s)" for r, *_ in runs) + " |")
+    print("|---|" + "---:|" * len(runs))
+    for stage in STAGES:
+        print(f"| {stage} | " + " | ".join(f"{m['timings_s'].get(stage, 0.0):.2f}" for _, _, m, _ in runs) + " |")
+    print("| start-up, imports, writing outputs | " +
+          " | ".join(f"{wall - sum(m['timings_s'].values()):.2f}" for _, wall, m, _ in runs) + " |")
+    print("| **whole process** | " + " | ".join(f"**{wall:.2f}**" for _, wall, _, _ in runs) + " |")
+    for refine, _, metrics, sizes in runs:
+        print(f"\n--refine {refine}: model {metrics['model']}, transform grid {metrics['transform_grid']['shape']}; "
+              f"outputs {sum(sizes.values()):.1f} MiB: " + ", ".join(f"{n} {mb:.1f}" for n, mb in sorted(sizes.items())))
 
 
 if __name__ == "__main__":

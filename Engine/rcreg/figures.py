@@ -30,7 +30,7 @@ def _scaled(array: np.ndarray) -> np.ndarray:
 
 def _slice(volume: np.ndarray, axis: int) -> np.ndarray:
     """Middle slice across ``axis`` of an (i, j, k[, c]) volume, transposed so rows are the 2nd in-plane axis."""
-    plane = np.take(volume, volume.shape[axis] // 2, axis=axis)
+    plane = volume[(slice(None),) * axis + (volume.shape[axis] // 2,)]  # a view (np.take copies the volume)
     return np.swapaxes(plane, 0, 1)
 
 

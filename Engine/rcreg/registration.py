@@ -27,7 +27,7 @@ from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, r
                  write_transform)
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
-                            preprocess_labels, refinement_grids, resized_grid)
+                            preprocess_labels, pyramid, refinement_grids, resized_grid)
 from .refinement import RefineOptions, refine as refine_flow
 from .runtime import tune_allocator
 
@@ -375,8 +375,8 @@ def register(
         if resolved is None:
             _check_overlap(start, grids[-1], moving_name)
         initial_flow = _initial_refinement_flow(flow, grid, grids[-1])
-        pyramid_f = [on_grid(fixed_n, g).to(dev) for g in grids]
-        pyramid_m = [on_grid(start_n, g).to(dev) for g in grids]
+        pyramid_f = [level.to(dev) for level in pyramid(fixed_n, grids)]
+        pyramid_m = [level.to(dev) for level in pyramid(start_n, grids)]
         masks = None
         if mask_img is not None:
             masks = [(preprocess_labels(mask_img, g) > 0).float().to(dev) for g in grids]

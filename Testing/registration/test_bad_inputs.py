@@ -368,6 +368,38 @@ def case_apply_scalar_image_as_transform(d):
             "--image", str(good["moving"]), "--output", str(d / "out")], "fixed.nii.gz"
 
 
+def case_empty_output_dir(d):
+    return _register(d, **{"output-dir": ""}), "--output-dir"
+
+
+def case_pairs_without_columns(d):
+    (d / "pairs.csv").write_text("a,b\nmoving.nii.gz,fixed.nii.gz\n", encoding="utf-8")
+    good = _good(d)
+    return ["register", "--pairs", str(d / "pairs.csv"), "--model", str(good["model"]), "--output-dir",
+            str(d / "out")], "pairs.csv"
+
+
+def case_pairs_with_moving(d):
+    (d / "pairs.csv").write_text("moving,fixed\nmoving.nii.gz,fixed.nii.gz\n", encoding="utf-8")
+    return _register(d, pairs=d / "pairs.csv"), "--pairs"
+
+
+def case_refine_negative_weight(d):
+    return _register(d, **{"refine-weight": -1}), "weight"
+
+
+def case_model_none_without_refinement(d):
+    return _register(d, model="none", refine=0), "none"
+
+
+def case_apply_inverse_of_a_dense_field(d):
+    good = _good(d)
+    field = sitk.Image([6, 6, 6], sitk.sitkVectorFloat32, 3)
+    sitk.WriteImage(field, str(d / "field.nii.gz"))
+    return ["apply", "--inverse", "--transform", str(d / "field.nii.gz"), "--reference", str(good["fixed"]),
+            "--image", str(good["moving"]), "--output", str(d / "out")], "field.nii.gz"
+
+
 CASES = {
     "missing file": case_missing_file,
     "unreadable file (not an image)": case_unreadable_file,
@@ -423,6 +455,12 @@ CASES = {
     "apply: truncated transform.h5": case_apply_truncated_transform,
     "apply: file that is no transform": case_apply_not_a_transform,
     "evaluate: empty --output": case_evaluate_empty_output,
+    "register: empty --output-dir": case_empty_output_dir,
+    "pairs file without moving/fixed columns": case_pairs_without_columns,
+    "--pairs together with --moving/--fixed": case_pairs_with_moving,
+    "negative --refine-weight": case_refine_negative_weight,
+    "--model none with --refine 0": case_model_none_without_refinement,
+    "apply --inverse of a displacement field without its inverse": case_apply_inverse_of_a_dense_field,
 }
 
 
