@@ -3,7 +3,6 @@ velocity integration and the optimiser loop, against independent references (avg
 fields, numpy histograms)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

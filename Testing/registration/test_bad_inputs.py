@@ -92,18 +92,20 @@ def case_rgb_image(d):
     return _register(d, moving=d / "rgb.nrrd"), "rgb.nrrd"
 
 
-def case_nan_voxels(d):
-    def edit(a):
-        a[2, 3, 4] = np.nan
+def _set(index: tuple[int, int, int], value: float) -> Callable[[np.ndarray], np.ndarray]:
+    """An edit for :func:`_bad_array` that sets one voxel."""
+    def edit(a: np.ndarray) -> np.ndarray:
+        a[index] = value
         return a
-    return _register(d, moving=_bad_array(d, "nan.mha", edit)), "nan.mha"
+    return edit
+
+
+def case_nan_voxels(d):
+    return _register(d, moving=_bad_array(d, "nan.mha", _set((2, 3, 4), np.nan))), "nan.mha"
 
 
 def case_inf_voxels(d):
-    def edit(a):
-        a[5, 5, 5] = -np.inf
-        return a
-    return _register(d, fixed=_bad_array(d, "inf.nrrd", edit)), "inf.nrrd"
+    return _register(d, fixed=_bad_array(d, "inf.nrrd", _set((5, 5, 5), -np.inf))), "inf.nrrd"
 
 
 def case_constant_image(d):
@@ -209,17 +211,11 @@ def case_truncated_label_map(d):
 
 
 def case_nan_voxels_nifti(d):
-    def edit(a):
-        a[2, 3, 4] = np.nan
-        return a
-    return _register(d, moving=_bad_array(d, "nan.nii.gz", edit)), "nan.nii.gz"
+    return _register(d, moving=_bad_array(d, "nan.nii.gz", _set((2, 3, 4), np.nan))), "nan.nii.gz"
 
 
 def case_inf_voxels_nifti(d):
-    def edit(a):
-        a[1, 2, 3] = np.inf
-        return a
-    return _register(d, fixed=_bad_array(d, "inf.nii", edit)), "inf.nii"
+    return _register(d, fixed=_bad_array(d, "inf.nii", _set((1, 2, 3), np.inf))), "inf.nii"
 
 
 def case_non_utf8_path(d):

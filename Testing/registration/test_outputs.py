@@ -7,12 +7,9 @@ analytic smooth field, and the files on disk.
 from __future__ import annotations
 
 import csv
-import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from rcreg.cli import main
-from rcreg.registration import OUTPUT_FILES, register
+from rcreg.registration import register
 from volumes import blobs, make_image, rotation
 
 CARD = {"grid": {"shape": [20, 20, 20]}, "normalization": {"type": "percentile", "low": 1, "high": 99}}

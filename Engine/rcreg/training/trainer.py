@@ -29,7 +29,7 @@ from ..spatial import warp
 from . import distributed
 from .augmentation import AugmentationSettings, augment_intensity, augment_spatial
 from .config import ConfigError, TrainConfig
-from .datasets import ImageEntry, PairEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
+from .datasets import ImageEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
 from .evaluation import UNREGISTERED, score_pair, summarize
 from .logbook import TrainingLog
 from .state import capture_rng, export_inference, learning_rate, restore_rng, step_generator
