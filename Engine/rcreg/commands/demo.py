@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import add_threads_argument
 from . import register as register_command
 
 HELP = "Register the sample pair (Colin27 → MNI152 2009a, with the AAL atlas) with the bundled brain model."
@@ -15,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="brain_mr_t1", help="installed model name or checkpoint file")
     parser.add_argument("--repeat", type=int, default=1, help="apply every cascade R times (test-time repeats)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
     registration = parser.parse_args([
         "--moving", str(paths[MOVING]), "--moving-labels", str(paths[MOVING_LABELS]), "--fixed", str(paths[FIXED]),
         "--output-dir", args.output_dir, "--model", args.model, "--repeat", str(args.repeat), "--device", args.device,
+        *(["--threads", str(args.threads)] if args.threads else []),
     ])
     return register_command.run(registration)

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from ..runtime import add_threads_argument
+
 HELP = "score a model on a pair list (Dice, HD95, landmark error, folding, SDlogJ, time) for repeats 1..R"
 
 _COLUMNS = ["dice", "hd95", "landmark_error", "folding_fraction", "sdlogj", "correlation", "time_s",
@@ -24,18 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="evaluation", help="folder for evaluation.csv, labels.csv, summary.json")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache", default=None, help="folder to cache preprocessed volumes (default: none)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io import atomic_path
     from ..models import MAX_REPEAT, resolve_model, select_device
     from ..training.datasets import VolumeCache, read_pair_list
+    from ..runtime import set_threads
     from ..training.evaluation import score_pair, summarize, worse_than_unregistered
 
     if not 1 <= args.repeats <= MAX_REPEAT:
         raise ValueError(f"--repeats must be 1…{MAX_REPEAT}, got {args.repeats}")
     if not args.output.strip():
         raise ValueError("--output is empty: give a folder for the results")
+    set_threads(args.threads)
     pairs = read_pair_list(args.pairs)
     device = select_device(args.device)
     resolved = resolve_model(args.model)
