@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--refine-weight", type=float, help=f"regularisation weight (default {defaults.weight})")
     refine.add_argument("--refine-regularization", choices=REGULARIZATIONS,
                         help=f"smoothness term (default {defaults.regularization})")
+    refine.add_argument("--refine-folding-weight", type=float,
+                        help=f"weight of the penalty on det J < 0.1 (default {defaults.folding_weight}; not with --diffeomorphic)")
     refine.add_argument("--refine-levels", type=int, help=f"pyramid levels (default {defaults.levels})")
     refine.add_argument("--refine-spacing", type=float, metavar="MM",
                         help="finest level spacing in mm (default: the fixed image's, but ≥ 1.5 mm)")
@@ -63,6 +65,7 @@ def refine_arguments(args: argparse.Namespace) -> dict:
     """The refinement options given on the command line (the rest come from the model card)."""
     given = {"iterations": args.refine_iterations, "similarity": args.refine_similarity, "weight": args.refine_weight,
              "regularization": args.refine_regularization, "levels": args.refine_levels,
+             "folding_weight": args.refine_folding_weight,
              "spacing": args.refine_spacing, "diffeomorphic": args.diffeomorphic}
     return {name: value for name, value in given.items() if value is not None}
 
