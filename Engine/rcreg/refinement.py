@@ -191,8 +191,8 @@ class _Level:
             count = min(options.samples, len(self.candidates))
             pick = torch.randint(len(self.candidates), (count,), generator=self.generator).to(self.candidates.device)
             points = self.candidates[pick]  # level voxels
-            control_shape = displacement_on_control.shape[2:]
-            to_control = torch.tensor([(c - 1) / max(n - 1, 1) for c, n in zip(control_shape, self.shape)],
+            coarse = displacement_on_control.shape[2:]
+            to_control = torch.tensor([(c - 1) / max(n - 1, 1) for c, n in zip(coarse, self.shape)],
                                       device=points.device, dtype=points.dtype)
             moved = _sample(displacement_on_control, points * to_control).t() / to_control  # level voxels
             if self.base is not None:

@@ -139,9 +139,9 @@ class RegistrationResult:
         """
         from .figures import registration_figure
 
-        directory = Path(directory)
-        if not str(directory).strip():
+        if not str(directory).strip():  # Path("") would be the current folder
             raise OSError("output folder is empty: give a folder for the results")
+        directory = Path(directory)
         parent = directory.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
