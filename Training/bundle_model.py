@@ -81,4 +81,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as exc:  # bad checkpoints, benchmark files, options: one line, no traceback
+        print(f"bundle_model.py: error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
+        sys.exit(1)

@@ -39,6 +39,7 @@ __all__ = [
     "write_points",
     "atomic_path",
     "check_output_folder",
+    "remove_stale_temporaries",
 ]
 
 ImageLike = Union[str, os.PathLike, sitk.Image, Any]  # Any: a nibabel spatial image
@@ -466,6 +467,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed
+    (SIGKILL gives no chance to clean up); call it where one process owns the folder (a training run
+    on its output folder). Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(".tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:

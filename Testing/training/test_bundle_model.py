@@ -63,3 +63,16 @@ def test_bundle_refuses_a_benchmark_of_another_model(bundle, tmp_path, monkeypat
     with pytest.raises(ValueError, match="no network-only row with 3 cascades for c"):
         bundle.main([str(tmp_path / "last.pt"), "ct_x", "--domain", "ct", "--evaluation", str(tmp_path / "bench.json")])
     assert not (tmp_path / "ct_x.pt").exists()
+
+
+def test_bundle_script_gives_one_line_errors(tmp_path):
+    """Run as a script, a bad checkpoint is one line on stderr and exit code 1, no traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "bad.pt"), "x", "--domain", "ct"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bundle_model.py: error:") and "bad.pt" in lines[0], done.stderr

@@ -266,3 +266,17 @@ def test_resumed_fine_tuning_keeps_its_provenance_without_the_source(tiny_config
     card = load_checkpoint(tmp_path / "tuned" / "last.pt")["card"]
     assert card["training"]["iterations"] == 4 and card["training"]["init"] == provenance
     assert provenance["source"] == str(source)
+
+
+def test_a_killed_runs_temporary_checkpoint_is_removed_on_resume(tiny_config, tmp_path, monkeypatch):
+    """SIGKILL during a checkpoint write leaves atomic_path's temporary file; the next run removes it."""
+    config = tiny_config(output=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        patch.setattr(_Run, "_train_step", _interrupt_at(4))
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    stale = tmp_path / "run" / ".tmp-x1y2last.pt"
+    stale.write_bytes(b"half a checkpoint")
+    config.resume = True
+    train(config)
+    assert not stale.exists() and load_checkpoint(tmp_path / "run" / "last.pt")["training"]["step"] > 3

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..cascade import RecursiveCascadeNetwork
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..io import InputError
+from ..io import InputError, remove_stale_temporaries
 from ..losses import RegistrationLoss
 from ..models import resolve_model
 from ..spatial import warp
@@ -189,6 +189,8 @@ class _Run:
             raise ConfigError(f"{self.last_path} exists: pass --resume to continue it, or choose another --output")
         if config.resume and not self.last_path.is_file():
             raise ConfigError(f"cannot resume: {self.last_path} not found")
+        if ctx.is_main and self.output.is_dir():
+            remove_stale_temporaries(self.output)  # half-written checkpoints of a killed run
         init = resolve_model(config.init) if config.init and not config.resume else None  # fail before any work
         self.init_provenance = {"source": config.init, "training": init.card.get("training")} if init else None
         threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
