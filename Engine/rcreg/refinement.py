@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Optional, Sequence, get_args
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .losses import local_ncc_loss, local_statistics, mse_loss, mutual_information_loss, pearson_loss
+from .options import REGULARIZATIONS, SIMILARITIES, Regularization, RefineOptions, Similarity
 from .spatial import compose, integrate_velocity, jacobian_determinant, resize_flow, warp
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "RefineOptions", "RefinementResult",
            "Cancelled", "refine", "regularization_loss", "folding_loss", "control_shape"]
-
-Similarity = Literal["ncc", "correlation", "mse", "mi"]
-Regularization = Literal["diffusion", "bending"]
-SIMILARITIES: tuple[str, ...] = get_args(Similarity)
-REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
 
 #: Similarities measured on a random voxel sample (drawn anew every iteration, as elastix's random
 #: coordinate sampler does) instead of every voxel; local NCC needs whole neighbourhoods.
@@ -42,69 +38,6 @@ _SAMPLED = ("correlation", "mse", "mi")
 
 class Cancelled(RuntimeError):
     """Raised when the ``cancel`` callback of :func:`refine` returns true."""
-
-
-@dataclass(frozen=True)
-class RefineOptions:
-    """How to refine (every field keyword-only; docs/registration.md lists the CLI flags).
-
-    iterations: Adam steps at the finest level, each coarser level runs twice as many as the next
-    finer one (0 = no refinement); levels: pyramid levels, each half the resolution of the next;
-    spacing: finest level spacing in mm (``None``: the fixed image's finest spacing, but no finer than
-    1.5 mm — see docs/performance.md); similarity: ``ncc`` (local, ``window``³ voxels), ``correlation``
-    (global Pearson), ``mse``, ``mi`` (mutual information, for CT and pairs of different contrasts);
-    regularization: ``diffusion`` (squared first derivatives) or ``bending`` (squared second
-    derivatives) of the refinement, with ``weight``; control: control-point spacing in voxels of
-    each level; learning_rate: Adam's step in control-grid voxels; tolerance: a level ends early
-    when its loss fell by less than this fraction over the last ``_WINDOW`` iterations;
-    folding_weight: weight of :func:`folding_loss` on the whole field (not with ``diffeomorphic``,
-    which cannot fold); diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring
-    (det J > 0 for the refinement); samples: voxels drawn per iteration for the sampled
-    similarities.
-    """
-
-    iterations: int = 10
-    levels: int = 3
-    spacing: Optional[float] = None
-    similarity: Similarity = "ncc"
-    window: int = 5
-    regularization: Regularization = "diffusion"
-    weight: float = 1.0
-    control: int = 2
-    learning_rate: float = 0.2
-    tolerance: float = 1e-4
-    folding_weight: float = 10.0
-    diffeomorphic: bool = False
-    samples: int = 32768
-
-    def __post_init__(self):
-        checks = [
-            (self.iterations >= 0, f"refinement iterations must be ≥ 0, got {self.iterations}"),
-            (self.levels >= 1, f"refinement levels must be ≥ 1, got {self.levels}"),
-            (self.spacing is None or self.spacing > 0, f"refinement spacing must be > 0 mm, got {self.spacing}"),
-            (self.similarity in SIMILARITIES,
-             f"unknown refinement similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}"),
-            (self.window >= 1 and self.window % 2 == 1, f"NCC window must be a positive odd number, got {self.window}"),
-            (self.regularization in REGULARIZATIONS,
-             f"unknown regularization {self.regularization!r}; choose one of {', '.join(REGULARIZATIONS)}"),
-            (self.weight >= 0 and math.isfinite(self.weight), f"refinement weight must be ≥ 0, got {self.weight}"),
-            (self.control >= 1, f"control-point spacing must be ≥ 1 voxel, got {self.control}"),
-            (self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}"),
-            (self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}"),
-            (self.folding_weight >= 0 and math.isfinite(self.folding_weight),
-             f"folding weight must be ≥ 0, got {self.folding_weight}"),
-            (self.samples >= 64, f"samples must be ≥ 64, got {self.samples}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def level_iterations(self) -> list[int]:
-        """Iterations per level, coarse to fine."""
-        return [self.iterations * 2 ** (self.levels - 1 - level) for level in range(self.levels)]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

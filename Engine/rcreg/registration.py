@@ -28,7 +28,8 @@ from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, r
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
-from .refinement import RefineOptions, refine as refine_flow
+from .options import NO_MODEL, OUTPUT_FILES, RefineOptions
+from .refinement import refine as refine_flow
 from .runtime import tune_allocator
 
 __all__ = ["register", "RegistrationResult", "resample", "refine_options", "OUTPUT_FILES", "NO_MODEL"]
@@ -36,23 +37,9 @@ __all__ = ["register", "RegistrationResult", "resample", "refine_options", "OUTP
 Progress = Callable[[float, str], None]
 RefineSpec = Union[None, int, Mapping, RefineOptions]
 
-#: ``model=NO_MODEL`` registers by refinement alone, from the initial alignment (no network).
-NO_MODEL = "none"
 #: The finest refinement level is the fixed image's spacing, but never finer than this (mm).
 FINEST_REFINEMENT_MM = 1.5
 
-#: Files written by :meth:`RegistrationResult.save` (``warped_labels``/``mapped_points`` only when present,
-#: ``displacement`` only with ``dense_field``, ``figure`` unless ``figure=False``).
-OUTPUT_FILES = {
-    "warped": "warped.nii.gz",
-    "transform": "transform.h5",
-    "inverse_transform": "inverse_transform.h5",
-    "displacement": "displacement.nii.gz",
-    "warped_labels": "warped_labels.nii.gz",
-    "mapped_points": "mapped_points.csv",
-    "metrics": "metrics.json",
-    "figure": "figure.png",
-}
 _STAGING = ".{name}.tmp-"  # prefix of a run's staging folder beside its output folder
 _OWNER = ".rcreg-pid"  # file in a staging folder naming the process that writes it
 

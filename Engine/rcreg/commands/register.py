@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..refinement import REGULARIZATIONS, SIMILARITIES, RefineOptions
-from ..registration import NO_MODEL, OUTPUT_FILES
+from ..options import NO_MODEL, OUTPUT_FILES, REGULARIZATIONS, SIMILARITIES, RefineOptions
 from ..runtime import add_threads_argument
 
 HELP = "Register a moving image to a fixed image (writes the warped image, transform and inverse, metrics, figure)."

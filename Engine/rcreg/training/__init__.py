@@ -4,10 +4,10 @@ Modules: config (options), datasets (image lists, pairs, preprocessing cache), a
 smooth deformations, affine, intensity), trainer (the loop), state (schedule, RNG, export),
 distributed (torchrun), logbook (CSV/TensorBoard), evaluation (scoring pairs), phantoms (synthetic data).
 """
-from .augmentation import AugmentationSettings, random_affine, random_smooth_field
-from .config import ConfigError, TrainConfig
-from .state import export_inference
-from .trainer import TrainResult, train
+from ..lazy import lazy_exports
 
-__all__ = ["AugmentationSettings", "random_affine", "random_smooth_field", "ConfigError", "TrainConfig",
-           "export_inference", "TrainResult", "train"]
+_EXPORTS = {"AugmentationSettings": "augmentation", "random_affine": "augmentation",
+            "random_smooth_field": "augmentation", "ConfigError": "config", "TrainConfig": "config",
+            "export_inference": "state", "TrainResult": "trainer", "train": "trainer"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
