@@ -20,6 +20,9 @@ from rcreg import RecursiveCascadeNetwork, save_checkpoint  # noqa: E402
 from rcreg.cli import main  # noqa: E402
 
 
+_restore: list = []  # undo steps of cases that patch the engine (run after each case)
+
+
 def _write(image: sitk.Image, path: Path) -> Path:
     sitk.WriteImage(image, str(path))
     return path
@@ -364,6 +367,15 @@ def case_apply_scalar_image_as_transform(d):
             "--image", str(good["moving"]), "--output", str(d / "out")], "fixed.nii.gz"
 
 
+def case_not_enough_memory(d):
+    """The memory check, with the machine's available memory pretended to be 64 MiB."""
+    import rcreg.registration
+    original = rcreg.registration._available_memory
+    rcreg.registration._available_memory = lambda: 64 * 2 ** 20
+    _restore.append(lambda: setattr(rcreg.registration, "_available_memory", original))
+    return _register(d), "fixed.nii.gz"
+
+
 def case_empty_output_dir(d):
     return _register(d, **{"output-dir": ""}), "--output-dir"
 
@@ -451,6 +463,7 @@ CASES = {
     "apply: truncated transform.h5": case_apply_truncated_transform,
     "apply: file that is no transform": case_apply_not_a_transform,
     "evaluate: empty --output": case_evaluate_empty_output,
+    "fixed image too large for the available memory": case_not_enough_memory,
     "register: empty --output-dir": case_empty_output_dir,
     "pairs file without moving/fixed columns": case_pairs_without_columns,
     "--pairs together with --moving/--fixed": case_pairs_with_moving,
@@ -468,7 +481,11 @@ def test_bad_input_gives_one_line_error_and_no_output(case, tmp_path, capfd):
     before = set(tmp_path.iterdir())
     argv, name = case(tmp_path)
     capfd.readouterr()
-    code = main(argv)
+    try:
+        code = main(argv)
+    finally:
+        while _restore:
+            _restore.pop()()
     stderr = capfd.readouterr().err  # file-descriptor level: messages printed by ITK/GDCM count too
     assert code == 1
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]  # progress lines aside
@@ -501,6 +518,8 @@ def markdown_table() -> str:
             stderr = io.StringIO()
             with contextlib.redirect_stderr(stderr):
                 main(argv)
+            while _restore:
+                _restore.pop()()
             message = [line for line in stderr.getvalue().splitlines() if not line.startswith("[")][0]
             message = message.replace(tmp + "/", "")
             argv = [os.fsencode(a).decode("utf-8", "backslashreplace").replace(tmp + "/", "") for a in argv]
