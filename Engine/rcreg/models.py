@@ -58,7 +58,7 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but no CUDA GPU is available")
     return device

@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", "-o", default="output/demo", help="results folder (default: output/demo)")
     parser.add_argument("--model", default="brain_mr_t1", help="installed model name or checkpoint file")
     parser.add_argument("--repeat", type=int, default=1, help="apply every cascade R times (test-time repeats)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    parser.add_argument("--device", default="auto", help="where the network and the refinement run: auto, cpu, cuda or "
+                        "cuda:N (default auto: CUDA when available)")
     add_threads_argument(parser)
 
 

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finest level spacing in mm (default: the fixed image's, but ≥ 1.5 mm)")
     refine.add_argument("--diffeomorphic", action="store_true", default=None,
                         help="refine a stationary velocity field (scaling and squaring): det J > 0")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    parser.add_argument("--device", default="auto", help="where the network and the refinement run: auto, cpu, cuda or "
+                        "cuda:N (default auto: CUDA when available)")
     parser.add_argument("--dense-field", action="store_true",
                         help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
     parser.add_argument("--dense-metrics", action="store_true",

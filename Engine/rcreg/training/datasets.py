@@ -31,7 +31,6 @@ __all__ = [
     "read_image_list",
     "read_pair_list",
     "Volume",
-    "load_volume",
     "VolumeCache",
     "Batch",
     "TrainingPairs",
@@ -242,11 +241,6 @@ class VolumeCache:
                 atomic_save(data, path)
         landmarks = read_points(entry.landmarks) if entry.landmarks else None
         return Volume(entry.name, data["image"], _reference_from(data["geometry"]), data["labels"], landmarks)
-
-
-def load_volume(entry: ImageEntry, card: dict, cache: str | os.PathLike, reference: Optional[sitk.Image] = None) -> Volume:
-    """Shortcut for ``VolumeCache(cache, card).load(entry, reference)``."""
-    return VolumeCache(cache, card).load(entry, reference)
 
 
 @dataclass
