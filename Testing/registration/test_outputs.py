@@ -182,6 +182,30 @@ def test_pairs_run_skips_finished_pairs_and_writes_a_summary(pair, tmp_path, cap
     assert [r["name"] for r in rows] == folders and all(float(r["correlation_after"]) > 0 for r in rows)
 
 
+def _paused_register(tmp_path: Path, patch: str) -> subprocess.Popen:
+    """``rcreg register`` (refinement alone, fixed registered to itself) in a subprocess with ``patch``
+    applied first: Python that replaces a step by one that prints a word and sleeps."""
+    code = ("import sys, time, rcreg.registration as r\n" + patch +
+            "from rcreg.cli import main\n"
+            f"sys.exit(main(['register', '-m', {str(tmp_path / 'fixed.nii.gz')!r}, '-f', {str(tmp_path / 'fixed.nii.gz')!r},"
+            f" '-o', {str(tmp_path / 'out')!r}, '--model', 'none', '--refine', '1', '-q']))\n")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+_PAUSE_WRITING = ("save = r.RegistrationResult.save\n"
+                  "def slow(self, *a, **k):\n"
+                  "    write = r.write_image\n"
+                  "    def paused(*x, **y):\n"
+                  "        print('writing', flush=True); time.sleep(30); return write(*x, **y)\n"
+                  "    r.write_image = paused\n"
+                  "    return save(self, *a, **k)\n"
+                  "r.RegistrationResult.save = slow\n")
+_PAUSE_REFINING = ("refine = r.refine_flow\n"
+                   "def paused(*a, **k):\n"
+                   "    print('refining', flush=True); time.sleep(30); return refine(*a, **k)\n"
+                   "r.refine_flow = paused\n")
+
+
 def test_sigterm_during_register_leaves_no_staging_folder(tmp_path):
     """SIGTERM while the outputs are being written: the process exits 143 and removes its staging folder;
     a staging folder of a SIGKILLed run is removed by the next run into the same place."""
@@ -190,23 +214,25 @@ def test_sigterm_during_register_leaves_no_staging_folder(tmp_path):
     stale = tmp_path / ".out.tmp-killed"
     stale.mkdir()
     (stale / ".rcreg-pid").write_text("999999999", encoding="utf-8")  # no such process
-    code = ("import sys, time, rcreg.registration as r\n"
-            "save = r.RegistrationResult.save\n"
-            "def slow(self, *a, **k):\n"
-            "    import rcreg.io as io\n"
-            "    write = io.write_image\n"
-            "    def paused(*x, **y):\n"
-            "        print('writing', flush=True); time.sleep(30); return write(*x, **y)\n"
-            "    r.write_image = paused\n"
-            "    return save(self, *a, **k)\n"
-            "r.RegistrationResult.save = slow\n"
-            "from rcreg.cli import main\n"
-            f"sys.exit(main(['register', '-m', {str(tmp_path / 'fixed.nii.gz')!r}, '-f', {str(tmp_path / 'fixed.nii.gz')!r},"
-            f" '-o', {str(tmp_path / 'out')!r}, '--model', 'none', '--refine', '1', '-q']))\n")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _paused_register(tmp_path, _PAUSE_WRITING)
     assert process.stdout.readline().strip() == "writing"
     assert not stale.exists()  # the killed run's staging folder went first
     assert len(list(tmp_path.glob(".out.tmp-*"))) == 1  # this run's staging folder, being written
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     assert not list(tmp_path.glob(".out.tmp-*")) and not (tmp_path / "out").exists()
+
+
+def test_sigterm_during_the_refinement_keeps_the_previous_runs_folder(tmp_path):
+    """A second run into a finished folder, stopped by SIGTERM while it computes: exit 143, nothing
+    staged, and the folder still holds the first run's files unchanged."""
+    fixed = make_image([40, 40, 40], [1.0, 1.0, 1.0], np.eye(3), [-20.0, -20.0, -20.0], blobs)
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    register(fixed, fixed, model="none", refine=1).save(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    process = _paused_register(tmp_path, _PAUSE_REFINING)
+    assert process.stdout.readline().strip() == "refining"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert not list(tmp_path.glob(".out.tmp-*"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
