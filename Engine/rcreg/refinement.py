@@ -236,10 +236,11 @@ def refine(
             if cancel is not None and cancel():
                 raise Cancelled("registration cancelled")
             loss = similarity.loss(_displacement(params, options.diffeomorphic))
+            whole = params + regularized
             if options.weight > 0:
-                loss = loss + options.weight * regularization_loss(params + regularized, options.regularization)
+                loss = loss + options.weight * regularization_loss(whole, options.regularization)
             if options.folding_weight > 0 and additive:
-                loss = loss + options.folding_weight * folding_loss(params + regularized)
+                loss = loss + options.folding_weight * folding_loss(whole)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))

@@ -103,7 +103,7 @@ class RegistrationResult:
     @functools.cached_property
     def inverse(self) -> sitk.Transform:
         """The inverse transform (moving → fixed points), computed when first asked for (0.1–0.3 s)."""
-        return inverse_transform(self.field, self.translation)[0]
+        return inverse_transform(self.field, self.translation)
 
     def inverse_round_trip(self) -> dict:
         """``|φ⁻¹(φ(p)) − p|`` (mm) over the transform grid's points: median, 95th percentile, maximum."""

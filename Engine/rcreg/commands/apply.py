@@ -41,7 +41,7 @@ def _inverse(path: str, transform: sitk.Transform) -> sitk.Transform:
     from pathlib import Path
 
     from ..io import InputError, read_transform
-    from ..registration import OUTPUT_FILES
+    from ..options import OUTPUT_FILES
 
     names = {OUTPUT_FILES["transform"]: OUTPUT_FILES["inverse_transform"],
              OUTPUT_FILES["inverse_transform"]: OUTPUT_FILES["transform"]}
