@@ -6,6 +6,7 @@ Flows are voxel pull-back fields ``(B, 3, X, Y, Z)`` (docs/conventions.md). Defa
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -215,7 +216,8 @@ SIMILARITY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 class RegistrationLoss(nn.Module):
     """Weighted training loss of a recursive cascade.
 
-    ``similarity`` (``"pearson"``, ``"ncc"`` or ``"mse"``) scores only the final warped image;
+    ``similarity`` (``"pearson"``, ``"ncc"`` — local, over ``ncc_window³`` voxel boxes — or ``"mse"``)
+    scores only the final warped image;
     smoothness is summed over every deformable cascade's own flow (``output.stage_flows``); the affine
     determinant and orthogonality terms apply when the model has an affine cascade; the Dice term
     (``dice_weight > 0``) needs warped and fixed label tensors. Defaults are the paper's weights.
@@ -233,12 +235,16 @@ class RegistrationLoss(nn.Module):
         ortho_weight: float = 0.1,
         dice_weight: float = 0.0,
         affine_similarity_weight: float = 0.0,
+        ncc_window: int = 9,
     ):
         super().__init__()
         if similarity not in SIMILARITY_LOSSES:
             raise ValueError(f"unknown similarity {similarity!r}; choose one of {sorted(SIMILARITY_LOSSES)}")
+        if ncc_window < 1 or ncc_window % 2 == 0:
+            raise ValueError(f"local NCC window must be a positive odd number, got {ncc_window}")
         self.similarity = similarity
-        self.similarity_fn = SIMILARITY_LOSSES[similarity]
+        self.similarity_fn = (partial(local_ncc_loss, window=ncc_window) if similarity == "ncc"
+                              else SIMILARITY_LOSSES[similarity])
         self.reg_weight = reg_weight
         self.det_weight = det_weight
         self.ortho_weight = ortho_weight

@@ -129,3 +129,20 @@ def test_dice_loss_matches_numpy_dice(rng):
     assert dice_loss(*disjoint).item() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="shape"):
         dice_loss(one_hot(a, 3), one_hot(b, 2))
+
+
+def test_registration_loss_ncc_window_reaches_local_ncc():
+    """The training loss's local NCC uses its ``ncc_window`` (compared with local_ncc_loss called directly)."""
+    from types import SimpleNamespace
+
+    from rcreg.losses import RegistrationLoss, local_ncc_loss
+
+    gen = torch.Generator().manual_seed(0)
+    fixed, warped = torch.rand(1, 1, 12, 12, 12, generator=gen), torch.rand(1, 1, 12, 12, 12, generator=gen)
+    output = SimpleNamespace(warped=warped, stage_flows=[], affine=None)
+    for window in (3, 7):
+        _, terms = RegistrationLoss("ncc", ncc_window=window)(output, fixed)
+        assert terms["similarity"] == pytest.approx(float(local_ncc_loss(fixed, warped, window)), abs=1e-6)
+    assert RegistrationLoss("ncc", ncc_window=3)(output, fixed)[1] != RegistrationLoss("ncc", ncc_window=7)(output, fixed)[1]
+    with pytest.raises(ValueError, match="odd"):
+        RegistrationLoss("ncc", ncc_window=4)

@@ -80,3 +80,39 @@ def test_augment_intensity_stays_in_unit_range():
     assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, image)
     off = augment_intensity(image, AugmentationSettings(gamma=0, bias_field=0, noise=0))
     torch.testing.assert_close(off, image)
+
+
+def test_random_contrast_one_table_per_pair_background_dark():
+    """Both images of a chosen pair go through the same piecewise-linear table (checked against
+    numpy.interp on the knots), background stays 0, and unchosen pairs are untouched."""
+    from rcreg.training.augmentation import CONTRAST_KNOTS, random_contrast
+
+    gen = torch.Generator().manual_seed(5)
+    fixed, moving = torch.rand(4, 1, 6, 6, 6, generator=gen), torch.rand(4, 1, 6, 6, 6, generator=gen)
+    fixed[:, :, 0] = 0.0
+    seed = torch.Generator().manual_seed(11)
+    out_f, out_m = random_contrast(fixed, moving, 0.5, seed)
+    replay = torch.Generator().manual_seed(11)
+    chosen = torch.rand(4, generator=replay) < 0.5
+    knots = torch.rand(4, CONTRAST_KNOTS - 1, generator=replay).double().numpy()
+    assert 0 < int(chosen.sum()) < 4  # this seed picks some pairs, not all
+    xs = np.linspace(0.0, 1.0, CONTRAST_KNOTS)
+    for b in range(4):
+        table = np.concatenate([[0.0], knots[b]])
+        for image, out in ((fixed, out_f), (moving, out_m)):
+            expected = np.interp(image[b].double().numpy(), xs, table) if chosen[b] else image[b].numpy()
+            np.testing.assert_allclose(out[b].numpy(), expected, atol=1e-6)
+    assert torch.all(out_f[:, :, 0] == 0.0)
+    unchanged = random_contrast(fixed, moving, 0.0, torch.Generator().manual_seed(11))
+    assert torch.equal(unchanged[0], fixed) and torch.equal(unchanged[1], moving)
+
+
+def test_random_contrast_can_invert_contrast():
+    """The table need not be monotone: over many draws some pairs come out with bright and dark swapped
+    (T1 → T2-like), which a gamma could never do."""
+    from rcreg.training.augmentation import random_contrast
+
+    ramp = torch.linspace(0.2, 1.0, 50).view(1, 1, 50, 1, 1).repeat(200, 1, 1, 1, 1)
+    out, _ = random_contrast(ramp, ramp, 1.0, torch.Generator().manual_seed(0))
+    inverted = (out[:, 0, -1, 0, 0] < out[:, 0, 0, 0, 0]).float().mean()
+    assert 0.2 < inverted < 0.8

@@ -26,6 +26,8 @@ def test_flags_override_file_and_paths_are_relative_to_it(tmp_path):
     assert config.lr == 1.0 and isinstance(config.lr, float)
     assert config.normalization == {"type": "window", "min": -1000, "max": 400}
     assert config.width == 1.0 and config.similarity == "pearson"  # untouched defaults (the paper's)
+    config_file.write_text("train: 'a/; sample:colin27_t1_brain;/abs/b.csv'\n")
+    assert _parse(["--config", str(config_file)]).train == f"{tmp_path / 'conf' / 'a'};sample:colin27_t1_brain;/abs/b.csv"
 
 
 def test_help_documents_every_option():
@@ -42,6 +44,8 @@ def test_help_documents_every_option():
     (dict(grid=[4, 64, 64]), "grid"),
     (dict(mode="atlas"), "atlas"),
     (dict(train=None), "no training data"),
+    (dict(ncc_window=8), "ncc_window must be a positive odd number"),
+    (dict(contrast=1.5), "contrast must be a share"),
 ])
 def test_invalid_values(values, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -89,3 +89,20 @@ def test_cache_preprocesses_once_and_keeps_labels(phantom_list, tmp_path, monkey
     other = dict(CARD, grid={"shape": [16, 16, 16]})
     with pytest.raises(RuntimeError, match="cache miss"):  # a different grid is a different cache entry
         VolumeCache(tmp_path / "cache", other).load(entry)
+
+
+def test_pairwise_pairs_stay_within_each_list(phantom_list, tmp_path):
+    """`train: "A;B"` pools both lists, and pairwise mode pairs images only within one of them."""
+    from rcreg.training.config import TrainConfig
+    from rcreg.training.datasets import TrainingPairs
+    from rcreg.training.trainer import resolve_sources
+
+    folder = phantom_list.parent
+    config = TrainConfig(train=f"{folder / 'phantom0[0-2].nii.gz'}; {folder / 'phantom0[34].nii.gz'}")
+    sources = resolve_sources(config)
+    assert [e.name for e in sources.train] == [f"phantom{i:02d}" for i in range(5)]
+    assert sources.groups == [0, 0, 0, 1, 1]
+    pairs = TrainingPairs.pairwise(sources.groups)
+    assert len(pairs) == 3 * 2 + 2 * 1 and (3, 4) in pairs and (0, 3) not in pairs and (4, 2) not in pairs
+    with pytest.raises(InputError, match="at least 2 training images in each list.*phantom00"):
+        resolve_sources(TrainConfig(train=f"{folder / 'phantom0[0-2].nii.gz'};{folder / 'phantom00.nii.gz'}"))

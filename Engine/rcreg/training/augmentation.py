@@ -23,7 +23,11 @@ __all__ = [
     "AugmentationSettings",
     "augment_spatial",
     "augment_intensity",
+    "random_contrast",
 ]
+
+#: Knots of the random intensity lookup table of :func:`random_contrast`, evenly spaced on [0, 1].
+CONTRAST_KNOTS = 8
 
 
 def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
@@ -136,6 +140,7 @@ class AugmentationSettings:
     rotation: float = 10.0  # degrees about each axis
     scaling: float = 0.1  # per-axis scale factors within [1/(1+s), 1+s]
     translation: float = 4.0  # voxels
+    contrast: float = 0.0  # share of pairs given one shared random intensity lookup table
     gamma: float = 0.3  # intensity ** exp(U(−g, g))
     bias_field: float = 0.3  # multiplicative exp(smooth field within ±b)
     noise: float = 0.02  # Gaussian noise, standard deviation U(0, noise)
@@ -192,3 +197,33 @@ def augment_intensity(
         noise = torch.randn(batch, channels, *shape, generator=generator) * sigma.view(batch, 1, 1, 1, 1)
         out = out + noise.to(device=device, dtype=out.dtype)
     return out.clamp(0.0, 1.0)
+
+
+def random_contrast(
+    fixed: torch.Tensor, moving: torch.Tensor, share: float, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give a share of the pairs a new contrast: the same random lookup table on both images ``(B, 1, X, Y, Z)`` in [0, 1].
+
+    The table is piecewise linear through :data:`CONTRAST_KNOTS` evenly spaced knots; the first knot
+    stays at 0 (background stays dark) and the others are uniform in [0, 1], so the mapping need not be
+    monotone (a T1 pair may come out T2- or PD-like). Both images of a pair get one table, so their
+    similarity keeps its meaning (SynthMorph randomises contrast to make one model work across contrasts).
+    The random numbers are drawn whatever ``share`` is, so a step's other draws do not depend on it.
+    """
+    batch = fixed.shape[0]
+    chosen = torch.rand(batch, generator=generator) < share
+    values = torch.cat([torch.zeros(batch, 1), torch.rand(batch, CONTRAST_KNOTS - 1, generator=generator)], dim=1)
+    if not bool(chosen.any()):
+        return fixed, moving
+    values = values.to(device=fixed.device, dtype=fixed.dtype)
+
+    def lookup(image: torch.Tensor) -> torch.Tensor:
+        position = image.clamp(0.0, 1.0).flatten(1) * (CONTRAST_KNOTS - 1)
+        lower = position.floor().clamp_max(CONTRAST_KNOTS - 2)
+        t = position - lower
+        low = torch.gather(values, 1, lower.long())
+        high = torch.gather(values, 1, lower.long() + 1)
+        return (low + t * (high - low)).view_as(image)
+
+    keep = chosen.to(fixed.device).view(-1, 1, 1, 1, 1)
+    return torch.where(keep, lookup(fixed), fixed), torch.where(keep, lookup(moving), moving)

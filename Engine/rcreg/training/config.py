@@ -33,7 +33,8 @@ class TrainConfig:
     # data
     train: Optional[str] = _opt(None, "training images: a folder, a glob pattern ('data/*.nii.gz'), a CSV or a JSON "
                                       "list (columns image[,labels,landmarks]; for mode paired fixed,moving[,fixed_labels,"
-                                      "moving_labels])", "data")
+                                      "moving_labels]); several lists separated by ';' are pooled, and pairwise mode then pairs images only "
+                                      "within one list (e.g. skull-stripped and skull-on scans)", "data")
     val: Optional[str] = _opt(None, "validation images or pairs in the same formats, with label maps; scored every "
                                     "--val-every steps (Dice picks the best checkpoint)", "data")
     mode: Literal["pairwise", "atlas", "paired"] = _opt(
@@ -68,6 +69,7 @@ class TrainConfig:
     # loss
     similarity: Literal["pearson", "ncc", "mse"] = _opt(
         "pearson", "similarity: pearson (the paper's global correlation), ncc (local) or mse", "loss")
+    ncc_window: int = _opt(9, "side (voxels of the network grid, odd) of the local NCC boxes", "loss")
     reg_weight: float = _opt(1.0, "weight of the smoothness of every cascade's flow", "loss")
     det_weight: float = _opt(0.1, "weight of the affine determinant loss", "loss")
     ortho_weight: float = _opt(0.1, "weight of the affine orthogonality loss", "loss")
@@ -88,6 +90,9 @@ class TrainConfig:
                                       "image itself, with its own intensity augmentation: teaches the network to "
                                       "output no deformation for aligned images (test-time repeats, later "
                                       "cascades)", "augmentation")
+    contrast: float = _opt(0.0, "share of pairs whose two images both get the same random intensity lookup table "
+                                "(background kept dark; SynthMorph-like contrast randomisation: T1, T2, PD, ...)",
+                           "augmentation")
     gamma: float = _opt(0.3, "random gamma exp(U(−g, g)) on both images", "augmentation")
     bias_field: float = _opt(0.3, "random smooth multiplicative bias field exp(±b) on both images", "augmentation")
     noise: float = _opt(0.02, "Gaussian noise with standard deviation up to this (intensities in [0, 1])", "augmentation")
@@ -132,7 +137,7 @@ class TrainConfig:
         """Keyword arguments of :class:`~rcreg.losses.RegistrationLoss` for this configuration."""
         return dict(similarity=self.similarity, reg_weight=self.reg_weight, det_weight=self.det_weight,
                     ortho_weight=self.ortho_weight, dice_weight=self.dice_weight,
-                    affine_similarity_weight=self.affine_similarity)
+                    affine_similarity_weight=self.affine_similarity, ncc_window=self.ncc_window)
 
     def augmentation_kwargs(self) -> dict:
         """Keyword arguments of :class:`~rcreg.training.augmentation.AugmentationSettings` (same names)."""
@@ -154,6 +159,10 @@ class TrainConfig:
             raise ConfigError(f"grid must be three sizes ≥ 8, got {self.grid}")
         if self.lr <= 0 or self.width <= 0:
             raise ConfigError("lr and width must be > 0")
+        if self.ncc_window < 1 or self.ncc_window % 2 == 0:
+            raise ConfigError(f"ncc_window must be a positive odd number of voxels, got {self.ncc_window}")
+        if not 0.0 <= self.contrast <= 1.0:
+            raise ConfigError(f"contrast must be a share in [0, 1], got {self.contrast}")
         if not 0.0 <= self.identity_pairs <= 1.0:
             raise ConfigError(f"identity_pairs must be a share in [0, 1], got {self.identity_pairs}")
         if self.train is None:
@@ -241,10 +250,20 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {exc}") from None
     for key in ("train", "val", "atlas", "atlas_labels", "cache", "init"):
         value = data.get(key)
-        if isinstance(value, str) and ":" not in value[:8] and not Path(value).expanduser().is_absolute():
-            if key != "init" or (path.parent / value).is_file():  # init may also name an installed model
-                data[key] = str(path.parent / value)
+        if isinstance(value, str):
+            parts = value.split(";") if key == "train" else [value]
+            data[key] = ";".join(_relative_to(path, part.strip(), key) for part in parts)
     return data
+
+
+def _relative_to(config: Path, value: str, key: str) -> str:
+    """``value`` of option ``key`` with a relative path made relative to the config file ``config``'s folder
+    (sample data, other schemes and installed model names unchanged)."""
+    if ":" in value[:8] or Path(value).expanduser().is_absolute():
+        return value
+    if key == "init" and not (config.parent / value).is_file():  # init may also name an installed model
+        return value
+    return str(config.parent / value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -261,7 +261,7 @@ class TrainingPairs:
     """Random (fixed, moving) pairs of preprocessed volumes.
 
     ``pairs`` lists index pairs into ``volumes``; pairwise mode uses every ordered pair of distinct
-    images, atlas mode every (atlas, image), paired mode the given pairs.
+    images of one list, atlas mode every (atlas, image), paired mode the given pairs.
     """
 
     def __init__(self, volumes: Sequence[Volume], pairs: Sequence[tuple[int, int]], with_labels: bool = False):
@@ -276,8 +276,10 @@ class TrainingPairs:
         self.with_labels = with_labels
 
     @staticmethod
-    def pairwise(n: int) -> list[tuple[int, int]]:
-        return [(i, j) for i in range(n) for j in range(n) if i != j]
+    def pairwise(groups: Sequence[int]) -> list[tuple[int, int]]:
+        """Every ordered pair of distinct images of one group (``groups[i]``: the group of image i)."""
+        n = len(groups)
+        return [(i, j) for i in range(n) for j in range(n) if i != j and groups[i] == groups[j]]
 
     def label_values(self) -> list[int]:
         """Sorted non-zero label values present in the training label maps."""

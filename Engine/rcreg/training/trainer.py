@@ -27,7 +27,7 @@ from ..losses import RegistrationLoss
 from ..models import resolve_model
 from ..spatial import warp
 from . import distributed
-from .augmentation import AugmentationSettings, augment_intensity, augment_spatial
+from .augmentation import AugmentationSettings, augment_intensity, augment_spatial, random_contrast
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
 from .evaluation import UNREGISTERED, score_pair, summarize
@@ -44,6 +44,7 @@ class DataSources:
     train: list  # ImageEntry (pairwise, atlas) or PairEntry (paired)
     val: list = field(default_factory=list)  # ImageEntry or PairEntry
     atlas: Optional[ImageEntry] = None
+    groups: list = field(default_factory=list)  # index of the ';'-separated list each training entry came from
 
 
 @dataclass
@@ -61,7 +62,13 @@ class TrainResult:
 def resolve_sources(config: TrainConfig) -> DataSources:
     """Read and check every data list of ``config``: one-line errors for missing files, nothing else done."""
     pairs = config.mode == "paired"
-    train = read_pair_list(config.train) if pairs else read_image_list(config.train)
+    train, groups = [], []
+    for group, part in enumerate(p.strip() for p in config.train.split(";") if p.strip()):
+        entries = read_pair_list(part) if pairs else read_image_list(part)
+        if config.mode == "pairwise" and len(entries) < 2:
+            raise InputError(f"mode pairwise needs at least 2 training images in each list, {part} gives {len(entries)}")
+        train += entries
+        groups += [group] * len(entries)
     val = []
     if config.val:
         val = read_pair_list(config.val) if pairs else read_image_list(config.val)
@@ -72,8 +79,6 @@ def resolve_sources(config: TrainConfig) -> DataSources:
             raise InputError(f"atlas must be one image, got {len(entries)} from {config.atlas}")
         labels = read_image_list(config.atlas_labels)[0].image if config.atlas_labels else entries[0].labels
         atlas = ImageEntry(entries[0].image, labels, entries[0].landmarks)
-    elif config.mode == "pairwise" and len(train) < 2:
-        raise InputError(f"mode pairwise needs at least 2 training images, {config.train} gives {len(train)}")
     if config.mode == "pairwise" and config.val and len(val) < 2:
         raise InputError(f"pairwise validation needs at least 2 images, {config.val} gives {len(val)}")
     if config.dice_weight > 0:
@@ -81,7 +86,7 @@ def resolve_sources(config: TrainConfig) -> DataSources:
         missing = [e.name for e in images if e.labels is None]
         if missing:
             raise InputError(f"{config.train}: Dice supervision needs label maps; missing for {', '.join(missing[:3])}")
-    return DataSources(train, val, atlas)
+    return DataSources(train, val, atlas, groups)
 
 
 def model_card(config: TrainConfig, step: int, n_train: int, validation: Optional[dict] = None,
@@ -125,7 +130,7 @@ def _load_data(config: TrainConfig, sources: DataSources, cache: VolumeCache):
         val = [(atlas, cache.load(e, atlas.reference)) for e in sources.val[: config.val_pairs]]
     else:
         volumes = [cache.load(e) for e in sources.train]
-        pairs = TrainingPairs.pairwise(len(volumes))
+        pairs = TrainingPairs.pairwise(sources.groups or [0] * len(volumes))
         val = []
         for a, b in list(zip(sources.val, sources.val[1:]))[: config.val_pairs]:  # consecutive images
             fixed = cache.load(a)
@@ -287,6 +292,8 @@ class _Run:
         if config.identity_pairs > 0:
             moving, moving_labels = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
                                                     config.identity_pairs, gen)
+        if self.augment.contrast > 0:
+            fixed, moving = random_contrast(fixed, moving, self.augment.contrast, gen)
         fixed = augment_intensity(fixed, self.augment, gen)
         moving = augment_intensity(moving, self.augment, gen)
         lr = learning_rate(self.step, config.lr, config.lr_steps, config.lr_factor)
