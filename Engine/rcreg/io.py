@@ -39,6 +39,7 @@ __all__ = [
     "write_points",
     "atomic_path",
     "check_output_folder",
+    "process_alive",
     "remove_stale_temporaries",
 ]
 
@@ -71,6 +72,8 @@ _NO_SPACE = re.compile(r"No space left on device|errno = 28")
 
 class InputError(ValueError):
     """An input file is missing, unreadable or unsuitable; the message is one line naming the file."""
+
+_TEMPORARY = ".tmp-"  # prefix of atomic_path's temporary files: .tmp-PID-RANDOMNAME
 
 
 def _shown(path: Path) -> str:
@@ -456,7 +459,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _check_utf8(path, OSError)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.name, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TEMPORARY}{os.getpid()}-", suffix=path.name, dir=path.parent)
     except OSError as exc:
         raise OSError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
@@ -469,13 +472,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine), whoever owns it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed
-    (SIGKILL gives no chance to clean up); call it where one process owns the folder (a training run
-    on its output folder). Returns what was removed."""
+    (SIGKILL gives no chance to clean up): those whose name (``.tmp-PID-…``) names no running process.
+    Files of live processes — another run sharing a preprocessing cache — are kept. Returns what was removed."""
     removed = []
-    for path in Path(folder).glob(".tmp-*"):
-        if path.is_file():
+    for path in Path(folder).glob(_TEMPORARY + "*"):
+        pid = path.name[len(_TEMPORARY):].split("-", 1)[0]
+        if path.is_file() and not (pid.isdigit() and process_alive(int(pid))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -23,8 +23,8 @@ import torch
 from . import metrics
 from .fields import (compact_displacement, dense_displacement, displacement_to_voxel_flow, field_jacobian_determinant,
                      flow_to_displacement, inverse_transform, registration_transform, round_trip_error)
-from .io import (ImageLike, InputError, as_image, public_mode, read_label_map, read_points, write_image, write_points,
-                 write_transform)
+from .io import (ImageLike, InputError, as_image, process_alive, public_mode, read_label_map, read_points, write_image,
+                 write_points, write_transform)
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
@@ -59,11 +59,10 @@ def _remove_stale_staging(parent: Path, name: str) -> None:
     for folder in parent.glob(_STAGING.format(name=name) + "*"):
         try:
             pid = int((folder / _OWNER).read_text(encoding="utf-8"))
-            os.kill(pid, 0)  # raises if no such process
-            if pid != os.getpid():
-                continue  # another live run is writing it
         except (OSError, ValueError):
-            pass
+            pid = None
+        if pid is not None and pid != os.getpid() and process_alive(pid):
+            continue  # another live run is writing it
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -214,7 +214,10 @@ class _Run:
         elif init is not None:
             self._initialise(init.network, config.init)
 
-        cache = VolumeCache(Path(config.cache) if config.cache else self.output / "cache", model_card(config, 0, 0))
+        cache_folder = Path(config.cache) if config.cache else self.output / "cache"
+        if ctx.is_main and cache_folder.is_dir():
+            remove_stale_temporaries(cache_folder)  # files of killed runs only: the cache may be shared
+        cache = VolumeCache(cache_folder, model_card(config, 0, 0))
         if ctx.is_main:  # rank 0 preprocesses; the others then read the cache
             self.data, self.val = _load_data(config, sources, cache)
         distributed.barrier(ctx)
