@@ -51,7 +51,7 @@ _MODALITY_TAG = "0008|0060"
 #: Fewest voxels along every axis of an image (smaller ones hold too little to register).
 MIN_SIZE = 4
 #: Most distinct non-zero labels in a label map (per-label metrics cost one pass over the image each).
-MAX_LABELS = 1000
+MAX_LABELS = 100_000
 #: Largest label value (label maps are stored as unsigned 32-bit integers at most).
 MAX_LABEL_VALUE = 2 ** 32 - 1
 #: Largest allowed deviation of a direction matrix's DᵀD from the identity (ITK's NIfTI writer

@@ -40,13 +40,37 @@ def _labels(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]]) -> li
     return [v.item() for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
 
 
+def _compact(a: np.ndarray, b: np.ndarray, labels: list) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` with the scored ``labels`` renumbered 1…L in that order and everything else 0, so
+    per-label work can use bincount and find_objects (cost independent of the number of labels)."""
+    a, b = (x.view(np.uint8) if x.dtype == bool else x for x in (a, b))  # masks: index by value, not as masks
+    wanted = np.asarray(labels, dtype=np.int64)
+    top = int(max(a.max(initial=0), b.max(initial=0)))
+    if a.min(initial=0) >= 0 and b.min(initial=0) >= 0 and top < 1 << 24:  # a lookup table indexed by value
+        lookup = np.zeros(top + 1, dtype=np.int32)
+        inside = (wanted >= 0) & (wanted <= top)
+        lookup[wanted[inside]] = np.flatnonzero(inside) + 1
+        return lookup[a], lookup[b]
+    values, inverse = np.unique(np.concatenate([a.ravel(), b.ravel()]), return_inverse=True)
+    where = np.minimum(np.searchsorted(values, wanted), len(values) - 1)
+    present = values[where] == wanted
+    lookup = np.zeros(len(values), dtype=np.int32)
+    lookup[where[present]] = np.flatnonzero(present) + 1
+    compact = lookup[inverse.ravel()]
+    return compact[: a.size].reshape(a.shape), compact[a.size:].reshape(b.shape)
+
+
 def _overlap(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]]):
-    """Yield ``(label, |A|, |B|, |A∩B|)`` for every scored label."""
+    """Yield ``(label, |A|, |B|, |A∩B|)`` for every scored label (one pass over the voxels, any number of labels)."""
     a, b = np.asarray(a), np.asarray(b)
     _check_same_shape(a, b)
-    for label in _labels(a, b, labels):
-        in_a, in_b = a == label, b == label
-        yield label, int(in_a.sum()), int(in_b.sum()), int(np.logical_and(in_a, in_b).sum())
+    scored = _labels(a, b, labels)
+    ca, cb = _compact(a, b, scored)
+    n = len(scored) + 1
+    size_a, size_b = np.bincount(ca.ravel(), minlength=n), np.bincount(cb.ravel(), minlength=n)
+    both = np.bincount(ca.ravel()[ca.ravel() == cb.ravel()], minlength=n)
+    for index, label in enumerate(scored, start=1):
+        yield label, int(size_a[index]), int(size_b[index]), int(both[index])
 
 
 def dice(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]] = None) -> dict:
@@ -90,15 +114,19 @@ def hausdorff(
     if len(spacing) != a.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a {a.ndim}-D array")
     result = {}
-    for label in _labels(a, b, labels):
-        in_a, in_b = a == label, b == label
-        if not in_a.any() or not in_b.any():
+    scored = _labels(a, b, labels)
+    ca, cb = _compact(a, b, scored)
+    boxes_a, boxes_b = ndimage.find_objects(ca, len(scored)), ndimage.find_objects(cb, len(scored))
+    for index, label in enumerate(scored, start=1):
+        box_a, box_b = boxes_a[index - 1], boxes_b[index - 1]
+        if box_a is None or box_b is None:
             result[label] = float("nan")
             continue
-        # Crop to both masks' bounding box plus one voxel, so erosion sees the true neighbours.
-        box = ndimage.find_objects((in_a | in_b).astype(np.uint8))[0]
-        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, a.shape))
-        surf_a, surf_b = _surface(in_a[box]), _surface(in_b[box])
+        # Both masks' bounding box plus one voxel, so erosion sees the true neighbours.
+        box = tuple(slice(max(min(p.start, q.start) - 1, 0), min(max(p.stop, q.stop) + 1, n))
+                    for p, q, n in zip(box_a, box_b, a.shape))
+        in_a, in_b = ca[box] == index, cb[box] == index
+        surf_a, surf_b = _surface(in_a), _surface(in_b)
         a_to_b = ndimage.distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
         b_to_a = ndimage.distance_transform_edt(~surf_a, sampling=spacing)[surf_b]
         result[label] = float(max(np.percentile(a_to_b, percentile), np.percentile(b_to_a, percentile)))

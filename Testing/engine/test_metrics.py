@@ -162,3 +162,20 @@ def test_correlation_matches_corrcoef(rng):
     a = rng.standard_normal(SHAPE)
     b = 0.3 * a + rng.standard_normal(SHAPE)
     assert correlation(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1], rel=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 30])  # small values use a lookup table, large ones a sort
+def test_many_labels_match_per_label_masks(offset):
+    """Thousands of labels (and values beyond 2²⁴) score the same as masks built label by label."""
+    rng = np.random.default_rng(0)
+    blocks = np.arange(12 * 12 * 12).reshape(12, 12, 12) + 1
+    a = np.kron(blocks, np.ones((3, 3, 3), dtype=np.int64)) + offset
+    a[rng.random(a.shape) < 0.05] = 0
+    b = np.roll(a, 1, axis=0)
+    scores, distances = dice(a, b), hausdorff(a, b, spacing=(1.0, 1.5, 2.0))
+    assert len(scores) == 12 ** 3 and set(distances) == set(scores)
+    for label in rng.choice(sorted(scores), 25, replace=False):
+        in_a, in_b = a == label, b == label
+        assert scores[label] == pytest.approx(2 * (in_a & in_b).sum() / (in_a.sum() + in_b.sum()))
+        assert distances[label] == pytest.approx(hausdorff(in_a, in_b, spacing=(1.0, 1.5, 2.0))[1])
+    assert dice(a, b, labels=[a.max(), -5, 7 + offset]) .keys() == {a.max(), -5, 7 + offset}

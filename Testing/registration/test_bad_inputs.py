@@ -291,8 +291,9 @@ def case_labels_beyond_32_bits(d):
 
 
 def case_too_many_labels(d):
-    values = (np.arange(10 * 14 * 16) % 1500).reshape(10, 14, 16).astype(np.uint16)
-    return _register(d, **{"fixed-labels": _labels(d, "many.nii.gz", values)}), "many.nii.gz"
+    values = np.arange(1, 48 * 48 * 48 + 1).reshape(48, 48, 48).astype(np.uint32)  # 110,592 labels
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(d / "many.nii.gz"))  # counted before the grid is checked
+    return _register(d, **{"fixed-labels": d / "many.nii.gz"}), "many.nii.gz"
 
 
 def _checkpoint(d: Path, name: str, edit: Callable[[dict], None]) -> Path:
