@@ -31,7 +31,9 @@ from rcreg.registration import register  # noqa: E402
 from rcreg.training.config import TrainConfig, load_config  # noqa: E402
 from rcreg.training.trainer import train  # noqa: E402
 
-from accuracy_cases import array_ijk, build_cases, isotropic  # noqa: E402
+from rcreg.io import array_ijk  # noqa: E402
+
+from accuracy_cases import build_cases, isotropic  # noqa: E402
 from accuracy_methods import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +103,7 @@ def self_registration(model: str, names: tuple[str, ...], spacing: float) -> dic
         field = register(image, image, model=model, refine=0, device="cpu").displacement
         values = array_ijk(image)
         foreground = values > (np.percentile(values, 1) + 0.1 * (np.percentile(values, 99) - np.percentile(values, 1)))
-        norm = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).transpose(2, 1, 0)
+        norm = np.linalg.norm(array_ijk(field), axis=-1)
         out[name] = float(norm[foreground].mean())
     return out
 

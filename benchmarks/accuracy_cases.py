@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from rcreg import data
 from rcreg.fields import displacement_transform, flow_to_displacement
+from rcreg.io import array_ijk, image_from_ijk
 from rcreg.registration import resample
 from rcreg.training.augmentation import random_smooth_field
 
@@ -54,16 +55,6 @@ def isotropic(image: sitk.Image, spacing: float, labels: bool = False) -> sitk.I
     return resample(image, ref, sitk.Transform())
 
 
-def array_ijk(image: sitk.Image) -> np.ndarray:
-    """Voxel array in ITK index order (i, j, k) (docs/conventions.md)."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-
-
-def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
-    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    out.CopyInformation(like)
-    return out
-
 
 def tissue_labels(brain: sitk.Image) -> sitk.Image:
     """Three intensity classes of a skull-stripped T1 (1 CSF-like, 2 GM, 3 WM) by 1-D k-means on brain voxels."""
@@ -79,7 +70,7 @@ def tissue_labels(brain: sitk.Image) -> sitk.Image:
         centres = new
     out = np.zeros(arr.shape, np.uint8)
     out[inside] = np.abs(values[:, None] - centres[None]).argmin(1) + 1
-    return _image(out, brain)
+    return image_from_ijk(out, brain)
 
 
 def ct_labels(ct: sitk.Image) -> sitk.Image:
@@ -105,7 +96,7 @@ def ct_labels(ct: sitk.Image) -> sitk.Image:
     out = np.zeros(hu.shape, np.uint8)
     out[body | lungs] = 1
     out[lungs] = 2
-    return _image(out, ct)
+    return image_from_ijk(out, ct)
 
 
 def smooth_field(image: sitk.Image, amplitude_mm: float, seed: int) -> sitk.Image:

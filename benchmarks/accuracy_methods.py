@@ -17,9 +17,10 @@ import SimpleITK as sitk
 
 from rcreg import metrics
 from rcreg.fields import displacement_transform, field_jacobian_determinant
+from rcreg.io import array_ijk
 from rcreg.registration import NO_MODEL, register, resample
 
-from accuracy_cases import Case, array_ijk
+from accuracy_cases import Case
 
 Family = Literal["identity", "ours", "ANTs SyN", "elastix"]
 Runner = Callable[[Case], tuple[sitk.Image, float]]
@@ -183,8 +184,7 @@ def score(case: Case, field: sitk.Image, seconds: float) -> dict:
         "seconds": seconds,
     }
     if case.true_field is not None:
-        diff = sitk.GetArrayViewFromImage(field) - sitk.GetArrayViewFromImage(case.true_field)  # (K, J, I, 3)
-        err = np.linalg.norm(diff, axis=-1).transpose(2, 1, 0)[fg]
+        err = np.linalg.norm(array_ijk(field) - array_ijk(case.true_field), axis=-1)[fg]
         row["field_error_mm"] = float(err.mean())
         row["field_error_p95_mm"] = float(np.percentile(err, 95))
     warped = array_ijk(resample(case.moving, case.fixed, transform))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io import atomic_path
+from .io import array_ijk, atomic_path
 
 __all__ = ["registration_figure", "checkerboard"]
 
@@ -42,7 +42,7 @@ def _slice_displacement(transform: sitk.Transform, fixed: sitk.Image, axis: int,
     plane = fixed[tuple(box)]
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, plane.GetSize(), plane.GetOrigin(),
                                               plane.GetSpacing(), plane.GetDirection())
-    volume = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3)  # (i, j, k, 3) with one plane along axis
+    volume = array_ijk(field)  # (i, j, k, 3) with one plane along axis
     return _slice(volume, axis)
 
 
@@ -64,10 +64,7 @@ def registration_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    def ijk(image: sitk.Image) -> np.ndarray:
-        return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
-
-    vols = [ijk(im) for im in (fixed, moving, warped)]
+    vols = [array_ijk(im) for im in (fixed, moving, warped)]
     index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
     to_voxels = np.linalg.inv(index_matrix)
     centre = [n // 2 for n in fixed.GetSize()]

@@ -26,6 +26,8 @@ __all__ = [
     "ImageLike",
     "MIN_SIZE",
     "MAX_LABELS",
+    "MODALITY_TAG",
+    "LPS_FROM_RAS",
     "check_input_path",
     "read_image",
     "as_image",
@@ -38,6 +40,8 @@ __all__ = [
     "read_points",
     "write_points",
     "atomic_path",
+    "array_ijk",
+    "image_from_ijk",
     "check_output_folder",
     "process_alive",
     "remove_stale_temporaries",
@@ -46,7 +50,9 @@ __all__ = [
 ImageLike = Union[str, os.PathLike, sitk.Image, Any]  # Any: a nibabel spatial image
 
 # SimpleITK copies these DICOM tags into the image's metadata when present (e.g. the modality).
-_MODALITY_TAG = "0008|0060"
+MODALITY_TAG = "0008|0060"  # DICOM Modality (CT, MR, …), kept in an image's metadata
+#: LPS ↔ RAS (the same matrix both ways): ITK and DICOM use LPS, NIfTI, Slicer and CSV points of 3D Slicer RAS.
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 #: Fewest voxels along every axis of an image (smaller ones hold too little to register).
 MIN_SIZE = 4
@@ -257,13 +263,14 @@ def _from_nibabel(img: Any, name: str) -> sitk.Image:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{name}: expected a 3D scalar image, got array shape {data.shape}")
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(img.affine, dtype=float)  # RAS → LPS
+    affine = np.asarray(img.affine, dtype=float)
+    affine[:3] = LPS_FROM_RAS @ affine[:3]  # RAS → LPS
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing == 0):
         raise InputError(f"{name}: degenerate affine (zero voxel size)")
     direction = affine[:3, :3] / spacing
     _check_direction(direction, name)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    image = image_from_ijk(data)
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(affine[:3, 3].tolist())
     image.SetDirection(direction.ravel().tolist())
@@ -290,8 +297,8 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{folder}: cannot read DICOM series: {_first_line(exc)}") from None
-    if reader.HasMetaDataKey(0, _MODALITY_TAG):
-        image.SetMetaData(_MODALITY_TAG, reader.GetMetaData(0, _MODALITY_TAG).strip())
+    if reader.HasMetaDataKey(0, MODALITY_TAG):
+        image.SetMetaData(MODALITY_TAG, reader.GetMetaData(0, MODALITY_TAG).strip())
     return image
 
 
@@ -379,6 +386,22 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
         and np.linalg.norm(np.subtract(a.GetOrigin(), b.GetOrigin())) <= tolerance * spacing_a.min()
     )
+
+
+def array_ijk(image: sitk.Image, *, copy: bool = False) -> np.ndarray:
+    """The voxels of ``image`` in ITK index order: ``(I, J, K)``, or ``(I, J, K, C)`` for vector images
+    (SimpleITK's own arrays are ``(K, J, I[, C])``; docs/conventions.md). A view unless ``copy``."""
+    array = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
+    return array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
+
+
+def image_from_ijk(array: np.ndarray, like: Optional[sitk.Image] = None) -> sitk.Image:
+    """A SimpleITK image from voxels in ITK index order ``(I, J, K)`` (:func:`array_ijk`'s inverse for
+    scalar images), with ``like``'s geometry when given."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    if like is not None:
+        image.CopyInformation(like)
+    return image
 
 
 def read_label_map(path: ImageLike, reference: Optional[sitk.Image] = None) -> sitk.Image:
@@ -577,7 +600,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     points = points.reshape(-1, 3)
     if not np.isfinite(points).all():
         raise InputError(f"{path}: NaN or infinite point coordinates")
-    return points * np.array([-1.0, -1.0, 1.0]) if ras else points
+    return points @ LPS_FROM_RAS if ras else points
 
 
 def write_points(points: np.ndarray, path: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .io import MIN_SIZE, ImageLike, InputError, as_image, read_label_map, same_grid
+from .io import MIN_SIZE, ImageLike, InputError, array_ijk, as_image, read_label_map, same_grid
 
 __all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
            "ALIGNMENTS"]
@@ -198,7 +198,7 @@ def _resampled(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 def _tensor(image: sitk.Image) -> torch.Tensor:
     """A SimpleITK image as a ``(1, 1, X, Y, Z)`` tensor, axes in ITK index order (i, j, k)."""
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    array = array_ijk(image, copy=True)
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)
 
 
@@ -244,5 +244,5 @@ def preprocess_labels(labels: ImageLike, reference: sitk.Image) -> torch.Tensor:
     """
     label_map = read_label_map(labels)
     resampled = sitk.Resample(label_map, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32)
-    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0).astype(np.int64)
+    array = array_ijk(resampled).astype(np.int64)  # a copy
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)

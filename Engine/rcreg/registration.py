@@ -23,8 +23,8 @@ import torch
 from . import metrics
 from .fields import (compact_displacement, dense_displacement, displacement_to_voxel_flow, field_jacobian_determinant,
                      flow_to_displacement, inverse_transform, registration_transform, round_trip_error)
-from .io import (ImageLike, InputError, as_image, process_alive, public_mode, read_label_map, read_points, write_image,
-                 write_points, write_transform)
+from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, process_alive, public_mode, read_label_map,
+                 read_points, write_image, write_points, write_transform)
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
@@ -241,9 +241,7 @@ def _check_memory(fixed: sitk.Image, moving: sitk.Image, name: str) -> None:
 
 def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) -> dict:
     """Dice per label (after and before registration), mean Dice and HD95 (mm) on the fixed grid."""
-    target = sitk.GetArrayViewFromImage(fixed).transpose(2, 1, 0)
-    after = sitk.GetArrayViewFromImage(warped).transpose(2, 1, 0)
-    initial = sitk.GetArrayViewFromImage(before).transpose(2, 1, 0)
+    target, after, initial = array_ijk(fixed), array_ijk(warped), array_ijk(before)
     dice = metrics.dice(after, target)
     dice_before = metrics.dice(initial, target, labels=list(dice))
     hd95 = metrics.hausdorff(after, target, spacing=fixed.GetSpacing(), percentile=95, labels=list(dice))
@@ -261,8 +259,8 @@ def image_modality(image: sitk.Image) -> str:
     """The DICOM modality tag if the image has one; else ``"CT"`` when its 1st-percentile intensity is
     below −500 (air in Hounsfield units; MR intensities are not that negative); else ``"MR"`` (NIfTI and
     NRRD carry no modality, and any image that is not CT-like is registered with the MR model)."""
-    if image.HasMetaDataKey("0008|0060") and image.GetMetaData("0008|0060").strip():
-        return image.GetMetaData("0008|0060").strip()
+    if image.HasMetaDataKey(MODALITY_TAG) and image.GetMetaData(MODALITY_TAG).strip():
+        return image.GetMetaData(MODALITY_TAG).strip()
     values = sitk.GetArrayViewFromImage(image)
     return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else "MR"
 

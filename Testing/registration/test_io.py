@@ -138,3 +138,21 @@ def test_non_utf8_output_path_is_refused_not_aborted(image, tmp_path):
     with pytest.raises(OSError, match=r"caf\\xe9\.nii\.gz: path is not valid UTF-8"):
         write_image(image, tmp_path / os.fsdecode(b"caf\xe9.nii.gz"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_array_ijk_follows_itk_indices():
+    """array_ijk(image)[i, j, k] is SimpleITK's image[i, j, k] (scalar and vector images); image_from_ijk inverts it."""
+    from rcreg.io import array_ijk, image_from_ijk
+
+    values = np.arange(3 * 4 * 5, dtype=np.float32).reshape(5, 4, 3)  # SimpleITK order (K, J, I)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing([1.0, 2.0, 3.0])
+    ijk = array_ijk(image)
+    assert ijk.shape == (3, 4, 5) and all(ijk[i, j, k] == image[i, j, k] for i, j, k in [(0, 0, 0), (2, 1, 4), (1, 3, 2)])
+    vector = sitk.Compose([image, image * 2, image * 3])
+    assert array_ijk(vector).shape == (3, 4, 5, 3) and tuple(array_ijk(vector)[2, 1, 4]) == vector[2, 1, 4]
+    back = image_from_ijk(ijk, like=image)
+    assert back.GetSpacing() == image.GetSpacing() and np.array_equal(sitk.GetArrayFromImage(back), values)
+    copy = array_ijk(image, copy=True)
+    copy[0, 0, 0] = -1
+    assert image[0, 0, 0] == 0

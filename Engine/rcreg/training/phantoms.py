@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..io import write_image
+from ..io import image_from_ijk, write_image
 from ..spatial import centered_grid, warp
 from .augmentation import bspline_field, random_smooth_field
 
@@ -46,7 +46,7 @@ def phantom(shape: Sequence[int], generator: torch.Generator, amplitude: float =
 
 
 def _to_sitk(array: np.ndarray, spacing: float) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image = image_from_ijk(array)
     image.SetSpacing([spacing] * 3)
     image.SetOrigin([-(n - 1) * spacing / 2 for n in array.shape])
     return image
