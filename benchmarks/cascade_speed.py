@@ -27,7 +27,7 @@ def measure(mode: str, size: int, n: int, width: float, fast: bool, ckpt: bool, 
     from rcreg.losses import RegistrationLoss
 
     torch.manual_seed(0)
-    model = RecursiveCascadeNetwork("vtn", n, width=width, checkpoint=ckpt, amp=fast, channels_last=fast)
+    model = RecursiveCascadeNetwork("vtn", n, width=width, checkpointing=ckpt, amp=fast, channels_last=fast)
     fixed, moving = torch.rand(2, 1, 1, size, size, size).unbind(0)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []

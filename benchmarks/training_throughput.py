@@ -37,7 +37,7 @@ def child(spec: dict) -> dict:
 
     torch.manual_seed(0)
     n = spec["size"]
-    model = RecursiveCascadeNetwork("vtn", 3, True, spec["width"], checkpoint=spec["checkpointing"],
+    model = RecursiveCascadeNetwork("vtn", 3, True, spec["width"], checkpointing=spec["checkpointing"],
                                     amp=spec["bf16"], channels_last=spec["channels_last"])
     optimizer = make_optimizer(model.parameters(), 1e-4)
     loss = RegistrationLoss()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from .networks import AffineNetwork, build_network
 from .spatial import affine_flow, apply_matrix, compose, integrate_velocity, warp
@@ -44,7 +45,7 @@ class RecursiveCascadeNetwork(nn.Module):
     ``diffeomorphic`` treats each deformable cascade's (scaled) output as a stationary velocity field
     and integrates it by scaling and squaring before composition, so every cascade's map, and hence
     their composition, has det J > 0 (the flows in ``stage_flows`` are then the integrated ones);
-    ``checkpoint`` recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
+    ``checkpointing`` (gradient checkpointing; the old keyword ``checkpoint`` still works, deprecated) recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
     ``amp`` runs the networks under bf16 autocast (warping stays fp32); ``channels_last`` uses the
     channels-last-3d memory format.
     """
@@ -59,11 +60,16 @@ class RecursiveCascadeNetwork(nn.Module):
         affine_levels: int = 6,
         affine_translation: str = "voxels",
         diffeomorphic: bool = False,
-        checkpoint: bool = False,
+        checkpointing: bool = False,
         amp: bool = False,
         channels_last: bool = False,
+        checkpoint: Optional[bool] = None,
     ):
         super().__init__()
+        if checkpoint is not None:
+            warnings.warn("RecursiveCascadeNetwork(checkpoint=...) is deprecated: use checkpointing=...",
+                          DeprecationWarning, stacklevel=2)
+            checkpointing = checkpoint
         if n_cascades < 0 or (n_cascades == 0 and not affine):
             raise ValueError("need at least one cascade (affine or deformable)")
         self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width, affine_levels=affine_levels,
@@ -71,7 +77,7 @@ class RecursiveCascadeNetwork(nn.Module):
         self.affine = AffineNetwork(width=width, levels=affine_levels, translation=affine_translation) if affine else None
         self.cascades = nn.ModuleList(build_network(base, width=width) for _ in range(n_cascades))
         self.diffeomorphic = diffeomorphic
-        self.checkpoint = checkpoint
+        self.checkpointing = checkpointing
         self.amp = amp
         self.channels_last = channels_last
         if channels_last:
@@ -118,11 +124,11 @@ class RecursiveCascadeNetwork(nn.Module):
         return f, (flow + apply_matrix(matrix, f) if matrix is not None else compose(flow, f))
 
     def _call(self, fn: Callable, *args):
-        """``fn(*args)``, recomputed in the backward pass when ``checkpoint`` is on (only its inputs
+        """``fn(*args)``, recomputed in the backward pass when ``checkpointing`` is on (only its inputs
         and outputs are kept: for a cascade step, the flows — not the network's activations, the
         warped image or the sampling grids)."""
-        if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
+        if self.checkpointing and torch.is_grad_enabled():
+            return recompute_in_backward(fn, *args, use_reentrant=False)
         return fn(*args)
 
     def forward(

@@ -131,7 +131,7 @@ def paired_models(**options) -> tuple[RecursiveCascadeNetwork, RecursiveCascadeN
 
 def test_checkpointing_gives_the_same_gradients():
     fixed, moving = image_pair()
-    plain, checkpointed = paired_models(checkpoint=True)
+    plain, checkpointed = paired_models(checkpointing=True)
     for model in (plain, checkpointed):
         RegistrationLoss()(model(fixed, moving), fixed)[0].backward()
     for a, b in zip(grads_by_cascade(plain), grads_by_cascade(checkpointed)):
@@ -235,3 +235,9 @@ def test_diffeomorphic_option_is_stored_and_old_checkpoints_load(tmp_path):
     loaded, _ = model_from_checkpoint(tmp_path / "old.pt")
     assert not loaded.diffeomorphic and loaded.config == RecursiveCascadeNetwork.architecture(old["model"])
     assert loaded.config == dict(model.config, diffeomorphic=False)
+
+
+def test_old_checkpoint_keyword_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="checkpointing"):
+        model = RecursiveCascadeNetwork("vtn", n_cascades=1, affine=False, width=WIDTH, checkpoint=True)
+    assert model.checkpointing

@@ -130,7 +130,7 @@ class TrainConfig:
         """Keyword arguments of :class:`~rcreg.cascade.RecursiveCascadeNetwork` for this configuration."""
         return dict(base=self.base, n_cascades=self.cascades, affine=self.affine, width=self.width,
                     affine_levels=self.affine_levels, affine_translation=self.affine_translation,
-                    diffeomorphic=self.diffeomorphic, checkpoint=self.checkpointing, amp=self.amp,
+                    diffeomorphic=self.diffeomorphic, checkpointing=self.checkpointing, amp=self.amp,
                     channels_last=self.channels_last)
 
     def loss_kwargs(self) -> dict:
