@@ -96,7 +96,7 @@ def network_row(rows: list[dict], n: int) -> Optional[dict]:
     return _pick(rows, family="ours", network=True, cascades=n, repeat=1, refine=0)
 
 
-def summarize(results: Results, n_cascades: dict) -> list[str]:
+def against_targets(results: Results, n_cascades: dict) -> list[str]:
     """Per case: the default registration and the network alone against ANTs SyN and the targets
     (Dice and field error at least SyN's, at most half its time — moonshot a tenth —, folding < 0.1 %)."""
     lines = []
@@ -212,7 +212,7 @@ def write_report(results: Results, series: list[tuple[str, str, list[dict]]], se
     plot(results, figure)
     synth = [(c, r) for c, r in results if c.kind == "synthetic"]
     real = [(c, r) for c, r in results if c.kind == "real"]
-    summary = summarize(results, n_cascades) or ["- (baselines skipped: no comparison)"]
+    summary = against_targets(results, n_cascades) or ["- (baselines skipped: no comparison)"]
     lines = [
         "# Accuracy benchmark",
         "",

@@ -24,7 +24,7 @@ __all__ = [
     "sdlogj",
     "jacobian_std",
     "correlation",
-    "summary",
+    "flow_summary",
 ]
 
 
@@ -181,7 +181,7 @@ def correlation(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> float:
     return ab / np.sqrt(aa * bb)
 
 
-def summary(flow: torch.Tensor) -> dict:
+def flow_summary(flow: torch.Tensor) -> dict:
     """Regularity of one voxel flow ``(3, X, Y, Z)`` or ``(1, 3, X, Y, Z)``: folding fraction, SDlogJ,
     the paper's Jacobian std and the mean determinant, from :func:`rcreg.spatial.jacobian_determinant`."""
     if flow.dim() == 4:

@@ -8,6 +8,7 @@ from scipy.spatial import cKDTree
 from rcreg.metrics import (
     correlation,
     dice,
+    flow_summary,
     folding_fraction,
     hausdorff,
     jaccard,
@@ -15,7 +16,6 @@ from rcreg.metrics import (
     landmark_error,
     mean_score,
     sdlogj,
-    summary,
 )
 
 SHAPE = (30, 26, 22)
@@ -145,17 +145,17 @@ def test_jacobian_statistics_on_analytic_determinants(rng):
     assert folding_fraction(np.ones(5)) == 0.0 and sdlogj(np.ones(5)) == 0.0
 
 
-def test_summary_on_analytic_flows():
+def test_flow_summary_on_analytic_flows():
     x = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in (10, 12, 9)), indexing="ij"))
-    scaled = summary(0.2 * x)  # uniform scaling by 1.2: det J = 1.728 everywhere
+    scaled = flow_summary(0.2 * x)  # uniform scaling by 1.2: det J = 1.728 everywhere
     assert scaled["folding_fraction"] == 0.0
     assert scaled["mean_detj"] == pytest.approx(1.2 ** 3)
     assert scaled["sdlogj"] == pytest.approx(0.0, abs=1e-9) and scaled["jacobian_std"] == pytest.approx(0.0, abs=1e-9)
     mirror = torch.zeros_like(x)
     mirror[0] = -2.0 * x[0]  # x₀ ↦ −x₀: det J = −1 everywhere
-    assert summary(mirror[None])["folding_fraction"] == 1.0
+    assert flow_summary(mirror[None])["folding_fraction"] == 1.0
     with pytest.raises(ValueError, match="one flow"):
-        summary(torch.zeros(2, 3, 4, 4, 4))
+        flow_summary(torch.zeros(2, 3, 4, 4, 4))
 
 
 def test_correlation_matches_corrcoef(rng):

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import MAX_REPEAT, resolve_model, select_device
     from ..training.datasets import VolumeCache, read_pair_list
     from ..runtime import set_threads
-    from ..training.evaluation import score_pair, summarize, worse_than_unregistered
+    from ..training.evaluation import score_pair, mean_std, worse_than_unregistered
 
     if not 1 <= args.repeats <= MAX_REPEAT:
         raise ValueError(f"--repeats must be 1…{MAX_REPEAT}, got {args.repeats}")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 writer = csv.DictWriter(fh, fieldnames=list(table[0]))
                 writer.writeheader()
                 writer.writerows(table)
-    summary = {f"r={r}": summarize([row for row in rows if row["repeat"] == r], _COLUMNS)
+    summary = {f"r={r}": mean_std([row for row in rows if row["repeat"] == r], _COLUMNS)
                for r in range(1, args.repeats + 1)}
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps({"model": str(args.model), "pairs": len(pairs), "card_name": card.get("name"),

@@ -20,7 +20,7 @@ from ..cascade import RecursiveCascadeNetwork
 from ..spatial import warp
 from .datasets import Volume
 
-__all__ = ["UNREGISTERED", "map_landmarks", "score_pair", "worse_than_unregistered", "summarize"]
+__all__ = ["UNREGISTERED", "map_landmarks", "score_pair", "worse_than_unregistered", "mean_std"]
 
 
 def map_landmarks(flow: torch.Tensor, volume: Volume, points: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ def score_pair(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     flow = out.flow.cpu()
-    result = {"time_s": seconds, **metrics.summary(flow), **_alignment(fixed, moving, flow, out.warped, surface_distance)}
+    result = {"time_s": seconds, **metrics.flow_summary(flow), **_alignment(fixed, moving, flow, out.warped, surface_distance)}
     unregistered = _alignment(fixed, moving, torch.zeros_like(flow), moving.image.unsqueeze(0), surface_distance=False)
     result.update({f"unregistered_{k}": unregistered[k] for k in UNREGISTERED})
     return result
@@ -113,7 +113,7 @@ def worse_than_unregistered(scores: dict) -> list[str]:
     return worse
 
 
-def summarize(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+def mean_std(rows: Sequence[dict], keys: Sequence[str]) -> dict:
     """Mean and standard deviation of ``keys`` over ``rows``, ignoring NaN: ``{key: (mean, std, count)}``."""
     out = {}
     for key in keys:

@@ -30,7 +30,7 @@ from . import distributed
 from .augmentation import AugmentationSettings, augment_intensity, augment_spatial, random_contrast
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
-from .evaluation import UNREGISTERED, score_pair, summarize
+from .evaluation import UNREGISTERED, score_pair, mean_std
 from .logbook import TrainingLog
 from .state import capture_rng, export_inference, learning_rate, restore_rng, step_generator
 
@@ -161,7 +161,7 @@ def _validate(model: RecursiveCascadeNetwork, pairs: list[tuple[Volume, Volume]]
     rows = [score_pair(model, f, m, device=device, surface_distance=False) for f, m in pairs]
     model.train(was_training)
     keys = ["dice", "correlation", "folding_fraction", "sdlogj", "landmark_error", *(f"unregistered_{k}" for k in UNREGISTERED)]
-    means = {k: v[0] for k, v in summarize(rows, keys).items()}
+    means = {k: v[0] for k, v in mean_std(rows, keys).items()}
     metric = "dice" if not math.isnan(means["dice"]) else "correlation"
     means["score"], means["unregistered_score"], means["metric"] = means[metric], means[f"unregistered_{metric}"], metric
     return means
