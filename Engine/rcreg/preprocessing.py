@@ -54,7 +54,7 @@ def _region(fixed: sitk.Image, mask: Optional[sitk.Image]) -> tuple[np.ndarray, 
 
 
 def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Image] = None) -> sitk.Image:
-    """An empty reference image of size ``shape`` (X, Y, Z) for the network, in the fixed image's frame.
+    """An empty image (the network grid) of size ``shape`` (X, Y, Z) for the network, in the fixed image's frame.
 
     Its spacing is isotropic, ``max_a(extent_a / shape_a)`` where ``extent_a`` is the field of view
     along index axis a (voxel edges to voxel edges; of the mask's non-zero bounding box if ``mask``
@@ -77,7 +77,7 @@ def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Im
 
 
 def refinement_grids(fixed: sitk.Image, spacing: float, levels: int, mask: Optional[sitk.Image] = None) -> list[sitk.Image]:
-    """Empty reference images for test-time refinement (:mod:`rcreg.refinement`), coarse to fine.
+    """Empty images (grids) for test-time refinement (:mod:`rcreg.refinement`), coarse to fine.
 
     Every level covers the fixed image's voxel centres (or the mask's bounding box) with its first
     and last voxel centres on the region's, in the fixed image's direction; level ``l`` of ``L`` has
@@ -100,7 +100,7 @@ def refinement_grids(fixed: sitk.Image, spacing: float, levels: int, mask: Optio
 
 
 def resized_grid(grid: sitk.Image, shape: Sequence[int]) -> sitk.Image:
-    """An empty reference image of ``shape`` over the same box as ``grid`` (first and last voxel centres
+    """An empty image (a grid) of ``shape`` over the same box as ``grid`` (first and last voxel centres
     where ``grid`` has them, same direction): the geometry of :func:`rcreg.spatial.resize_flow`'s output."""
     old, new = np.asarray(grid.GetSize(), dtype=float), np.asarray(shape, dtype=float)
     out = sitk.Image([int(n) for n in shape], sitk.sitkUInt8)
@@ -190,10 +190,10 @@ def normalized_image(image: sitk.Image, card: dict) -> sitk.Image:
     return normalized
 
 
-def _resampled(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """``image`` smoothed against aliasing and linearly resampled onto ``reference`` (0 outside), float32."""
-    smoothed = _antialias(image, float(max(reference.GetSpacing())))
-    return sitk.Resample(smoothed, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+def _resampled(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    """``image`` smoothed against aliasing and linearly resampled onto ``grid`` (0 outside), float32."""
+    smoothed = _antialias(image, float(max(grid.GetSpacing())))
+    return sitk.Resample(smoothed, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def _tensor(image: sitk.Image) -> torch.Tensor:
@@ -202,10 +202,10 @@ def _tensor(image: sitk.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)
 
 
-def on_grid(normalized: sitk.Image, reference: sitk.Image) -> torch.Tensor:
-    """A normalised image smoothed against aliasing and linearly resampled onto ``reference`` (0
+def on_grid(normalized: sitk.Image, grid: sitk.Image) -> torch.Tensor:
+    """A normalised image smoothed against aliasing and linearly resampled onto ``grid`` (0
     outside): ``(1, 1, X, Y, Z)`` float32, axes in ITK index order (i, j, k)."""
-    return _tensor(_resampled(normalized, reference))
+    return _tensor(_resampled(normalized, grid))
 
 
 def pyramid(normalized: sitk.Image, grids: Sequence[sitk.Image]) -> list[torch.Tensor]:
@@ -221,28 +221,28 @@ def pyramid(normalized: sitk.Image, grids: Sequence[sitk.Image]) -> list[torch.T
 
 
 def preprocess(
-    image: ImageLike, card: dict, reference: Optional[sitk.Image] = None
+    image: ImageLike, card: dict, grid: Optional[sitk.Image] = None
 ) -> tuple[torch.Tensor, sitk.Image]:
     """Normalise ``image`` (:func:`normalized_image`) and resample it onto the network grid (:func:`on_grid`).
 
-    ``reference``: the network grid (from :func:`network_grid` on the fixed image); if omitted,
+    ``grid``: the network grid (from :func:`network_grid` on the fixed image); if omitted,
     ``image`` is treated as the fixed image and its own grid is built from the card.
 
-    Returns ``(tensor, reference)`` with ``tensor`` of shape ``(1, 1, X, Y, Z)``, float32 in [0, 1],
+    Returns ``(tensor, grid)`` with ``tensor`` of shape ``(1, 1, X, Y, Z)``, float32 in [0, 1],
     axes in ITK index order (i, j, k).
     """
     image = as_image(image)
-    if reference is None:
-        reference = network_grid(image, grid_shape(card))
-    return on_grid(normalized_image(image, card), reference), reference
+    if grid is None:
+        grid = network_grid(image, grid_shape(card))
+    return on_grid(normalized_image(image, card), grid), grid
 
 
-def preprocess_labels(labels: ImageLike, reference: sitk.Image) -> torch.Tensor:
-    """Resample a label map onto the network grid ``reference`` by nearest neighbour (outside = 0).
+def preprocess_labels(labels: ImageLike, grid: sitk.Image) -> torch.Tensor:
+    """Resample a label map onto the network grid ``grid`` by nearest neighbour (outside = 0).
 
     Returns ``(1, 1, X, Y, Z)`` int64, axes in ITK index order (i, j, k), like :func:`preprocess`.
     """
     label_map = read_label_map(labels)
-    resampled = sitk.Resample(label_map, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32)
+    resampled = sitk.Resample(label_map, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32)
     array = array_ijk(resampled).astype(np.int64)  # a copy
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)

@@ -79,8 +79,8 @@ def test_preprocess_samples_the_physical_ramp_in_itk_index_order():
     fixed = make_image([10, 10, 10], [2.0, 2.0, 2.0], DIRECTION, [-9, -9, -9], lambda p: p[..., 0])
     card = {"grid": {"shape": [20, 18, 16]}, "normalization": {"type": "window", "min": -200, "max": 200}}
     grid = network_grid(fixed, card["grid"]["shape"])
-    tensor, reference = preprocess(moving, card, grid)
-    assert reference is grid and tensor.shape == (1, 1, 20, 18, 16) and str(tensor.dtype) == "torch.float32"
+    tensor, returned = preprocess(moving, card, grid)
+    assert returned is grid and tensor.shape == (1, 1, 20, 18, 16) and str(tensor.dtype) == "torch.float32"
     values = tensor[0, 0].numpy()
     checked = 0
     for index in itertools.product(range(0, 20, 3), range(0, 18, 3), range(0, 16, 3)):

@@ -79,7 +79,7 @@ def test_cache_preprocesses_once_and_keeps_labels(phantom_list, tmp_path, monkey
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(entry.labels))).transpose(2, 1, 0)
     np.testing.assert_allclose(volume.image[0].numpy(), np.clip(image, 0, 1), atol=1e-5)
     assert np.array_equal(volume.labels[0].numpy(), labels)
-    assert volume.reference.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+    assert volume.grid.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
     def miss(*args, **kwargs):
         raise RuntimeError("cache miss")
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     rows, label_rows = [], []
     for index, pair in enumerate(pairs):
         fixed = cache.load(pair.fixed)
-        moving = cache.load(pair.moving, fixed.reference)
+        moving = cache.load(pair.moving, fixed.grid)
         if index == 0:  # warm-up, so the first timing is not inflated by one-off set-up costs
             score_pair(model, fixed, moving, device=device, surface_distance=False)
         for r in range(1, args.repeats + 1):

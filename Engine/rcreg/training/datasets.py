@@ -175,13 +175,13 @@ def read_pair_list(source: str | os.PathLike) -> list[PairEntry]:
 class Volume:
     """A preprocessed volume on the network grid.
 
-    image: ``(1, X, Y, Z)`` float32 in [0, 1]; labels: ``(1, X, Y, Z)`` int64 or None; reference: the
+    image: ``(1, X, Y, Z)`` float32 in [0, 1]; labels: ``(1, X, Y, Z)`` int64 or None; grid: the
     network grid (an empty SimpleITK image with its geometry); landmarks: ``(N, 3)`` LPS mm or None.
     """
 
     name: str
     image: torch.Tensor
-    reference: sitk.Image
+    grid: sitk.Image
     labels: Optional[torch.Tensor] = None
     landmarks: Optional[np.ndarray] = None
 
@@ -198,7 +198,7 @@ def _geometry(image: sitk.Image) -> dict:
             "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
 
 
-def _reference_from(geometry: dict) -> sitk.Image:
+def _grid_from(geometry: dict) -> sitk.Image:
     grid = sitk.Image([int(n) for n in geometry["size"]], sitk.sitkUInt8)
     grid.SetSpacing(geometry["spacing"])
     grid.SetOrigin(geometry["origin"])
@@ -210,7 +210,7 @@ class VolumeCache:
     """Preprocess volumes once and keep them in ``folder`` as small torch files keyed by content.
 
     The key covers the image and label files (path, size, modification time), the card's grid and
-    normalisation and the reference grid, so a changed input is preprocessed again. With
+    normalisation and the network grid, so a changed input is preprocessed again. With
     ``folder=None`` nothing is cached.
     """
 
@@ -218,14 +218,14 @@ class VolumeCache:
         self.folder = Path(folder) if folder is not None else None
         self.card = {"grid": card["grid"], "normalization": card.get("normalization")}
 
-    def _key(self, entry: ImageEntry, reference: Optional[sitk.Image]) -> str:
+    def _key(self, entry: ImageEntry, grid: Optional[sitk.Image]) -> str:
         parts = [_file_key(entry.image), _file_key(entry.labels), self.card,
-                 _geometry(reference) if reference is not None else None]
+                 _geometry(grid) if grid is not None else None]
         return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def load(self, entry: ImageEntry, reference: Optional[sitk.Image] = None) -> Volume:
-        """The volume of ``entry`` on ``reference`` (or on its own grid), from the cache or preprocessed now."""
-        path = self.folder / f"{entry.name}-{self._key(entry, reference)}.pt" if self.folder else None
+    def load(self, entry: ImageEntry, grid: Optional[sitk.Image] = None) -> Volume:
+        """The volume of ``entry`` on the network ``grid`` (or on its own), from the cache or preprocessed now."""
+        path = self.folder / f"{entry.name}-{self._key(entry, grid)}.pt" if self.folder else None
         if path is not None and path.is_file():
             try:
                 data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -234,13 +234,13 @@ class VolumeCache:
         else:
             data = None
         if data is None:
-            image, grid = preprocess(entry.image, self.card, reference)
+            image, grid = preprocess(entry.image, self.card, grid)
             labels = preprocess_labels(entry.labels, grid) if entry.labels else None
             data = {"image": image[0], "labels": labels[0] if labels is not None else None, "geometry": _geometry(grid)}
             if path is not None:
                 atomic_save(data, path)
         landmarks = read_points(entry.landmarks) if entry.landmarks else None
-        return Volume(entry.name, data["image"], _reference_from(data["geometry"]), data["labels"], landmarks)
+        return Volume(entry.name, data["image"], _grid_from(data["geometry"]), data["labels"], landmarks)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def map_landmarks(flow: torch.Tensor, volume: Volume, points: np.ndarray) -> np.
 
     Each point p goes to ``phys(idx(p) + u(idx(p)))`` with u linearly interpolated (clamped at the border).
     """
-    ref = volume.reference
+    ref = volume.grid
     index = np.array([ref.TransformPhysicalPointToContinuousIndex([float(c) for c in p]) for p in points])
     field = flow[0].detach().double().cpu().numpy()
     disp = np.stack([ndimage.map_coordinates(field[c], index.T, order=1, mode="nearest") for c in range(3)], axis=1)
@@ -53,7 +53,7 @@ def _alignment(fixed: Volume, moving: Volume, flow: torch.Tensor, warped: torch.
         target = fixed.labels[0].cpu().numpy()
         labels = sorted(v for v in np.union1d(np.unique(warped_labels), np.unique(target)) if v != 0)
         dice = metrics.dice(warped_labels, target, labels)
-        hd95 = (metrics.hausdorff(warped_labels, target, fixed.reference.GetSpacing(), 95.0, labels)
+        hd95 = (metrics.hausdorff(warped_labels, target, fixed.grid.GetSpacing(), 95.0, labels)
                 if surface_distance else {k: float("nan") for k in labels})
         result["per_label"] = {int(k): {"dice": dice[k], "hd95": hd95[k]} for k in labels}
         result["dice"], result["hd95"] = metrics.mean_score(dice), metrics.mean_score(hd95)

@@ -120,21 +120,21 @@ def _load_data(config: TrainConfig, sources: DataSources, cache: VolumeCache):
         volumes, pairs = [], []
         for pair in sources.train:
             fixed = cache.load(pair.fixed)
-            volumes += [fixed, cache.load(pair.moving, fixed.reference)]
+            volumes += [fixed, cache.load(pair.moving, fixed.grid)]
             pairs.append((len(volumes) - 2, len(volumes) - 1))
-        val = [(f, cache.load(p.moving, f.reference)) for p in sources.val[: config.val_pairs] for f in [cache.load(p.fixed)]]
+        val = [(f, cache.load(p.moving, f.grid)) for p in sources.val[: config.val_pairs] for f in [cache.load(p.fixed)]]
     elif config.mode == "atlas":
         atlas = cache.load(sources.atlas)
-        volumes = [atlas] + [cache.load(e, atlas.reference) for e in sources.train]
+        volumes = [atlas] + [cache.load(e, atlas.grid) for e in sources.train]
         pairs = [(0, i) for i in range(1, len(volumes))]
-        val = [(atlas, cache.load(e, atlas.reference)) for e in sources.val[: config.val_pairs]]
+        val = [(atlas, cache.load(e, atlas.grid)) for e in sources.val[: config.val_pairs]]
     else:
         volumes = [cache.load(e) for e in sources.train]
         pairs = TrainingPairs.pairwise(sources.groups or [0] * len(volumes))
         val = []
         for a, b in list(zip(sources.val, sources.val[1:]))[: config.val_pairs]:  # consecutive images
             fixed = cache.load(a)
-            val.append((fixed, cache.load(b, fixed.reference)))
+            val.append((fixed, cache.load(b, fixed.grid)))
     return TrainingPairs(volumes, pairs, with_labels=config.dice_weight > 0), val
 
 
