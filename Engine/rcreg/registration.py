@@ -28,7 +28,7 @@ from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, proce
 from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
-from .options import NO_MODEL, OUTPUT_FILES, RefineOptions
+from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions
 from .refinement import refine as refine_flow
 from .runtime import tune_allocator
 
@@ -308,29 +308,45 @@ def register(
     moving_points=None,
     fixed_points=None,
     mask: Optional[ImageLike] = None,
-    initial_alignment: str = "none",
+    initial_alignment: InitialAlignment = "none",
     refine: RefineSpec = None,
     dense_metrics: bool = False,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> RegistrationResult:
-    """Deformably register ``moving`` to ``fixed`` (paths — files or DICOM folders — or SimpleITK images).
+    """Deformably register ``moving`` to ``fixed``: the network's field, refined on the pair itself.
 
-    model: see :func:`rcreg.models.resolve_model` (default: the installed model for the fixed
-    image's modality — see :func:`image_modality` —, else the only/default one). cascades: use only the first k deformable
-    cascades; repeat: test-time shared-weight repeats; device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-    moving_labels / fixed_labels: label maps on their image's grid (Dice, HD95, warped labels);
-    moving_points / fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays (fixed points are mapped into
-    moving space; with both, the landmark error); mask: on the fixed grid, the network grid then
-    covers its bounding box. initial_alignment: ``"none"`` (trust the physical coordinates),
-    ``"geometry"`` or ``"mass"`` (first translate the moving image so the centres of the fields of
-    view / of mass coincide — for images from different scanners or subjects; the translation is
-    part of the returned field). refine: test-time refinement of the network's field on this pair
-    (:mod:`rcreg.refinement`; see :func:`refine_options`: ``None`` runs the model card's default,
-    ``0`` the network only); ``model="none"`` registers by refinement alone. progress:
-    ``progress(fraction, message)``; cancel: ``cancel()`` returning true stops the refinement with
-    :class:`rcreg.refinement.Cancelled`. dense_metrics: det J statistics on the fixed image's full grid
-    (default: on the compact transform grid, far cheaper).
+    Args:
+        moving, fixed: image files, DICOM folders or SimpleITK images; the result lives on ``fixed``'s grid.
+        model: see :func:`rcreg.models.resolve_model`; default: the installed model for the fixed image's
+            modality (:func:`image_modality`), else the only/default one; ``"none"``: refinement alone.
+        cascades: use only the first k deformable cascades (default: all; docs/conventions.md#words).
+        repeat: test-time shared-weight repeats of each cascade (1…:data:`rcreg.models.MAX_REPEAT`).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        moving_labels, fixed_labels: label maps on their image's grid (warped labels, Dice, HD95).
+        moving_points, fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays; fixed points are mapped into
+            moving space, and with both the landmark error is reported.
+        mask: on the fixed grid; the network grid then covers its bounding box and the refinement
+            scores only inside it.
+        initial_alignment: ``"none"`` (trust the physical coordinates), ``"geometry"`` or ``"mass"``
+            (first translate the moving image so the centres of the fields of view / of mass coincide,
+            for images from different scanners or subjects; the translation is part of the result).
+        refine: test-time refinement (:mod:`rcreg.refinement`, :func:`refine_options`): ``None`` the
+            model card's default, an int that many iterations, a mapping or :class:`RefineOptions`;
+            ``0`` the network alone.
+        dense_metrics: det J statistics on the fixed image's full grid (default: on the compact grid).
+        progress: ``progress(fraction, message)`` as the run advances.
+        cancel: ``cancel()`` returning true stops the refinement (checked every iteration).
+
+    Returns:
+        A :class:`RegistrationResult` (warped image, transform, inverse, metrics); ``.save(dir)`` writes it.
+
+    Raises:
+        rcreg.io.InputError: a missing, unreadable or invalid input, a pair that cannot fit in memory
+            (one line naming the file).
+        rcreg.checkpoint.CheckpointError: a model file that is not a valid rcreg checkpoint.
+        rcreg.refinement.Cancelled: ``cancel()`` returned true.
+        ValueError: an invalid option value.
     """
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..options import NO_MODEL, OUTPUT_FILES, REGULARIZATIONS, SIMILARITIES, RefineOptions
+from ..options import ALIGNMENTS, NO_MODEL, OUTPUT_FILES, REGULARIZATIONS, SIMILARITIES, RefineOptions
 from ..runtime import add_threads_argument
 
 HELP = "Register a moving image to a fixed image (writes the warped image, transform and inverse, metrics, figure)."
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-points", help="CSV of moving landmarks (columns x,y,z, LPS mm)")
     parser.add_argument("--fixed-points", help="CSV of fixed landmarks, mapped into moving space")
     parser.add_argument("--mask", help="fixed-space mask: the network grid covers its bounding box")
-    parser.add_argument("--initial-alignment", default="none", choices=["none", "geometry", "mass"],
+    parser.add_argument("--initial-alignment", default="none", choices=ALIGNMENTS,
                         help="first translate the moving image so the centres of the fields of view (geometry) or "
                         "of mass coincide — for images from different scanners or subjects (default: none)")
     refine = parser.add_argument_group("test-time refinement (on by default; docs/registration.md)")

@@ -363,7 +363,18 @@ class _Run:
 def train(config: TrainConfig) -> TrainResult:
     """Train a recursive cascade as ``config`` says; in a ``torchrun`` process, as one rank of DDP.
 
-    Data lists are checked before anything else happens (one-line :class:`~rcreg.io.InputError`).
+    Args:
+        config: every option (docs/training.md); checked first.
+
+    Returns:
+        A :class:`TrainResult`: the model and the paths of ``last.pt``, ``best.pt`` and the fp16 export.
+
+    Raises:
+        rcreg.training.config.ConfigError: an option of the wrong type or out of range, or an existing
+            ``last.pt`` without ``resume``.
+        rcreg.io.InputError: a missing or unreadable training file (checked before any work).
+        rcreg.checkpoint.CheckpointError: an ``init``/``resume`` checkpoint that does not fit the config.
+        RuntimeError: training diverged (non-finite flow).
     """
     config.check()
     sources = resolve_sources(config)
