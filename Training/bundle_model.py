@@ -23,6 +23,7 @@ import torch
 
 from rcreg.checkpoint import model_from_checkpoint, save_checkpoint
 from rcreg.models import MODELS_DIR
+from rcreg.options import REGIONS
 from rcreg.registration import refine_options
 
 KEYS = ("dice_mean", "hd95_mm", "field_error_mm", "folding_pct", "sdlogj", "correlation", "seconds")
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument("--domain", choices=("brain", "ct"), required=True, help="benchmark cases that score it")
     parser.add_argument("--evaluation", type=Path, help="benchmarks/accuracy.py JSON with this model's scores")
     parser.add_argument("--description", help="replace the card's one-line description")
+    parser.add_argument("--region", choices=REGIONS, help="the card's body region (rcreg register never uses a head "
+                                                          "model on a body or the reverse)")
     parser.add_argument("--refinement", type=json.loads, metavar="JSON",
                         help="the card's default refinement options, e.g. '{\"weight\": 1.5}' (rcreg.refinement.RefineOptions)")
     args = parser.parse_args(argv)
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
     card["name"] = args.name
     if args.description:
         card["description"] = args.description
+    if args.region:
+        card["region"] = args.region
     if args.refinement is not None:
         refine_options(args.refinement, {})  # refuse unknown or invalid options before writing
         card["refinement"] = args.refinement

@@ -19,6 +19,7 @@ import torch
 
 from .cascade import RecursiveCascadeNetwork
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .options import NO_MODEL
 
 __all__ = [
     "MODELS_DIR",
@@ -27,6 +28,7 @@ __all__ = [
     "Model",
     "ModelSpec",
     "list_models",
+    "default_model",
     "resolve_model",
     "select_device",
     "training_steps",
@@ -137,8 +139,14 @@ def list_models() -> list[tuple[str, dict]]:
     return found
 
 
-def _default_model(modality: Optional[str]) -> str:
-    """Name of the model to use when none is given (see :func:`resolve_model`)."""
+def default_model(modality: Optional[str] = None, region: Optional[str] = None) -> str:
+    """Name of the installed model to use when none is given.
+
+    The models whose card has ``modality`` (all, when none has it); of those, the ones for ``region``
+    (cards without a ``region``, or ``"any"``, fit every region); then the only one, else the one whose
+    card says ``"default": true``. Returns :data:`rcreg.options.NO_MODEL` (refinement alone) when every
+    model of the modality is for another region: a head CT is not registered by a body CT model.
+    """
     models = list_models()
     if not models:
         raise ValueError(
@@ -148,6 +156,10 @@ def _default_model(modality: Optional[str]) -> str:
         matching = [(n, c) for n, c in models if str(c.get("modality", "")).lower() == modality.lower()]
         if matching:
             models = matching
+            if region:
+                models = [(n, c) for n, c in matching if c.get("region", "any") in ("any", region)]
+                if not models:
+                    return NO_MODEL
     if len(models) == 1:
         return models[0][0]
     defaults = [n for n, c in models if c.get("default")]
@@ -183,7 +195,7 @@ def resolve_model(model: ModelSpec = None, *, modality: Optional[str] = None) ->
         name = getattr(model, "__name__", type(model).__name__)
         return Model(name, _complete_card(getattr(model, "card", None), name), predictor=model)
     if model is None:
-        model = _default_model(modality)
+        model = default_model(modality)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name, a checkpoint path, a network or a callable, not {type(model).__name__}")
     path = Path(model)

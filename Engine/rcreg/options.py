@@ -11,12 +11,18 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
+           "Region", "REGIONS",
            "RefineOptions", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "correlation", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
+#: Body region a model is for (its card's ``region``); ``rcreg register`` picks a model by modality and,
+#: where it can tell (:func:`rcreg.registration.image_region`), by region: a head is never registered by
+#: a body-only model.
+Region = Literal["any", "head", "body"]
+REGIONS: tuple[str, ...] = get_args(Region)
 #: How to place the moving image before registration (:func:`rcreg.preprocessing.initial_translation`).
 InitialAlignment = Literal["none", "geometry", "mass"]
 ALIGNMENTS: tuple[str, ...] = get_args(InitialAlignment)

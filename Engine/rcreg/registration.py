@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
@@ -25,10 +26,10 @@ from .fields import (compact_displacement, dense_displacement, displacement_to_v
                      flow_to_displacement, inverse_transform, registration_transform, round_trip_error)
 from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, process_alive, public_mode, read_label_map,
                  read_points, write_image, write_points, write_transform)
-from .models import DEFAULT_CARD, ModelSpec, resolve_model, select_device
+from .models import DEFAULT_CARD, ModelSpec, default_model, resolve_model, select_device
 from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
-from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions
+from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions, Region
 from .refinement import refine as refine_flow
 from .runtime import tune_allocator
 
@@ -265,6 +266,29 @@ def image_modality(image: sitk.Image) -> str:
     return "CT" if np.percentile(values[::4, ::4, ::4], 1) < -500 else "MR"
 
 
+#: A CT whose body is narrower than this from left to right (mm) is a head (adult heads are 14–20 cm wide,
+#: chests and abdomens 28–50 cm).
+HEAD_WIDTH_MM = 250.0
+
+
+def image_region(image: sitk.Image, modality: str) -> Optional[Region]:
+    """The body region of ``image`` where it can be told: for CT, ``"head"`` when the body (HU > −500,
+    largest connected part) spans less than :data:`HEAD_WIDTH_MM` from left to right, else ``"body"``;
+    ``None`` for other modalities (MR is registered by the MR model whatever it shows)."""
+    if modality.upper() != "CT":
+        return None
+    small = sitk.Shrink(image, [max(1, n // 96) for n in image.GetSize()])
+    body = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.BinaryThreshold(small, -500.0, 1e12, 1, 0)),
+                                 sortByObjectSize=True) == 1
+    index = np.argwhere(array_ijk(body) > 0)
+    if not len(index):
+        return None
+    to_lps = np.asarray(body.GetDirection()).reshape(3, 3) * np.asarray(body.GetSpacing())  # D·diag(s)
+    left_right = index @ to_lps[0]  # LPS x of every body voxel, up to the origin
+    width = float(np.ptp(left_right)) + max(body.GetSpacing())
+    return "head" if width < HEAD_WIDTH_MM else "body"
+
+
 def refine_options(refine: RefineSpec, card: dict) -> RefineOptions:
     """The refinement to run: ``refine`` over the card's defaults (its ``"refinement"`` entry).
 
@@ -370,7 +394,14 @@ def register(
     if points_f is not None and points_m is not None and points_f.shape != points_m.shape:
         raise InputError(f"fixed and moving points differ in number: {len(points_f)} vs {len(points_m)}")
     _check_memory(fixed, moving, fixed_name)
-    resolved = None if model == NO_MODEL else resolve_model(model, modality=image_modality(fixed))
+    if model is None:
+        modality = image_modality(fixed)
+        region = image_region(fixed, modality)
+        model = default_model(modality, region)
+        if model == NO_MODEL:
+            warnings.warn(f"no installed model is for {region} {modality} images: registering by refinement alone "
+                          "(give --model to choose one)", stacklevel=2)
+    resolved = None if model == NO_MODEL else resolve_model(model)
     card = resolved.card if resolved is not None else DEFAULT_CARD
     options = refine_options(refine, card)
     if resolved is None and options.iterations == 0:

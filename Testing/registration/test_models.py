@@ -135,3 +135,42 @@ def test_training_steps_add_up_the_fine_tuning_lineage():
     card = {"training": {"iterations": 500, "init": {"source": "stage2.pt", "training": stage2}}}
     assert training_steps(card) == 14500
     assert training_steps({"training": stage1}) == 8000 and training_steps({}) == 0
+
+
+def _ct_cylinder(diameter_mm: float) -> "sitk.Image":
+    """A CT-like volume: air (−1000 HU) around a water cylinder (0 HU) of ``diameter_mm``, axis along z, 2 mm voxels."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    n = 256
+    x = (np.arange(n) - (n - 1) / 2) * 2.0
+    inside = (x[None, :] ** 2 + x[:, None] ** 2) <= (diameter_mm / 2) ** 2
+    array = np.where(inside[None], 0.0, -1000.0).repeat(20, axis=0).astype(np.float32)  # (K, J, I)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([2.0, 2.0, 2.0])
+    return image
+
+
+def test_region_picks_the_model_and_a_head_ct_never_gets_a_body_model(installed, monkeypatch):
+    """An 18 cm wide CT is a head, a 35 cm one a body; with only a body CT model installed, a head CT is
+    registered by refinement alone (with a warning), a body CT by the body model."""
+    import warnings
+
+    from rcreg.options import NO_MODEL
+    from rcreg.registration import image_region, register
+
+    assert image_region(_ct_cylinder(180.0), "CT") == "head"
+    assert image_region(_ct_cylinder(350.0), "CT") == "body"
+    assert image_region(_ct_cylinder(180.0), "MR") is None
+    assert models.default_model("CT", "head") == "ct-small"  # its card names no region: fits any
+    card = {"modality": "CT", "region": "body", "grid": {"shape": [16, 16, 16]}}
+    save_checkpoint(installed / "ct-small.pt", RecursiveCascadeNetwork("vtn", n_cascades=1, width=0.125), card)
+    assert models.default_model("CT", "body") == "ct-small" and models.default_model("CT", None) == "ct-small"
+    assert models.default_model("CT", "head") == NO_MODEL
+    assert models.default_model("MR", "head") == "mr-small"
+    with pytest.warns(UserWarning, match="no installed model is for head CT images"):
+        head = register(_ct_cylinder(180.0), _ct_cylinder(180.0), refine=1)
+    assert head.metrics["model"] == NO_MODEL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert register(_ct_cylinder(350.0), _ct_cylinder(350.0), refine=0).metrics["model"] == "ct-small"

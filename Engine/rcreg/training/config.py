@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
+from ..options import Region
+
 __all__ = ["TrainConfig", "ConfigError", "choices", "load_config", "add_arguments", "config_from_args"]
 
 
@@ -48,6 +50,8 @@ class TrainConfig:
     name: str = _opt("custom", "model name written into the model card", "model card")
     description: str = _opt("", "one-line description for the model card", "model card")
     modality: str = _opt("unknown", "image modality for the model card (e.g. MR, CT)", "model card")
+    region: Region = _opt("any", "body region for the model card: rcreg register never uses a head or a body "
+                                 "model on the other region (any: no restriction)", "model card")
     grid: list[int] = _opt([128, 128, 128], "network grid size X Y Z (voxels; isotropic spacing covering the fixed image)",
                       "model card", nargs=3)
     normalization: dict = _opt({"type": "percentile", "low": 1, "high": 99},

@@ -99,6 +99,7 @@ def model_card(config: TrainConfig, step: int, n_train: int, validation: Optiona
         "name": config.name,
         "description": config.description,
         "modality": config.modality,
+        "region": config.region,
         "grid": {"shape": list(config.grid)},
         "normalization": dict(config.normalization),
         "cascades": config.cascades,
