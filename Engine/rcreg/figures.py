@@ -64,7 +64,7 @@ def registration_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    vols = [array_ijk(im) for im in (fixed, moving, warped)]
+    vols = [array_ijk(im, view=True) for im in (fixed, moving, warped)]
     index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
     to_voxels = np.linalg.inv(index_matrix)
     centre = [n // 2 for n in fixed.GetSize()]

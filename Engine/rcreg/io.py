@@ -388,10 +388,11 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
     )
 
 
-def array_ijk(image: sitk.Image, *, copy: bool = False) -> np.ndarray:
+def array_ijk(image: sitk.Image, *, view: bool = False) -> np.ndarray:
     """The voxels of ``image`` in ITK index order: ``(I, J, K)``, or ``(I, J, K, C)`` for vector images
-    (SimpleITK's own arrays are ``(K, J, I[, C])``; docs/conventions.md). A view unless ``copy``."""
-    array = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
+    (SimpleITK's own arrays are ``(K, J, I[, C])``; docs/conventions.md). A copy; ``view=True`` gives a
+    read-only view instead, valid only while ``image`` is alive."""
+    array = sitk.GetArrayViewFromImage(image) if view else sitk.GetArrayFromImage(image)
     return array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
 
 

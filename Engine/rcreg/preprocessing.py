@@ -197,7 +197,7 @@ def _resampled(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
 
 def _tensor(image: sitk.Image) -> torch.Tensor:
     """A SimpleITK image as a ``(1, 1, X, Y, Z)`` tensor, axes in ITK index order (i, j, k)."""
-    array = array_ijk(image, copy=True)
+    array = array_ijk(image)
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)
 
 
@@ -243,5 +243,5 @@ def preprocess_labels(labels: ImageLike, grid: sitk.Image) -> torch.Tensor:
     """
     label_map = read_label_map(labels)
     resampled = sitk.Resample(label_map, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32)
-    array = array_ijk(resampled).astype(np.int64)  # a copy
+    array = array_ijk(resampled).astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(array)).view(1, 1, *array.shape)

@@ -242,7 +242,7 @@ def _check_memory(fixed: sitk.Image, moving: sitk.Image, name: str) -> None:
 
 def _label_metrics(warped: sitk.Image, before: sitk.Image, fixed: sitk.Image) -> dict:
     """Dice per label (after and before registration), mean Dice and HD95 (mm) on the fixed grid."""
-    target, after, initial = array_ijk(fixed), array_ijk(warped), array_ijk(before)
+    target, after, initial = (array_ijk(im, view=True) for im in (fixed, warped, before))
     dice = metrics.dice(after, target)
     dice_before = metrics.dice(initial, target, labels=list(dice))
     hd95 = metrics.hausdorff(after, target, spacing=fixed.GetSpacing(), percentile=95, labels=list(dice))

@@ -153,6 +153,6 @@ def test_array_ijk_follows_itk_indices():
     assert array_ijk(vector).shape == (3, 4, 5, 3) and tuple(array_ijk(vector)[2, 1, 4]) == vector[2, 1, 4]
     back = image_from_ijk(ijk, like=image)
     assert back.GetSpacing() == image.GetSpacing() and np.array_equal(sitk.GetArrayFromImage(back), values)
-    copy = array_ijk(image, copy=True)
+    copy = array_ijk(image)
     copy[0, 0, 0] = -1
-    assert image[0, 0, 0] == 0
+    assert image[0, 0, 0] == 0 and not array_ijk(image, view=True).flags.writeable
