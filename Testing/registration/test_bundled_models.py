@@ -86,3 +86,51 @@ def test_ct_model_alone_registers_a_known_deformation():
 def test_ct_model_with_default_refinement_registers_a_known_deformation():
     ct, fixed = _ct_phantom()
     _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500, refine=None, removed=0.8)
+
+
+def _colin27_2mm() -> sitk.Image:
+    """Colin27 (held out from training: docs/data.md), skull-stripped, smoothed and resampled to 2 mm."""
+    brain = sitk.ReadImage(str(data.fetch(["colin27_t1_brain"])["colin27_t1_brain"]), sitk.sitkFloat32)
+    grid = sitk.Image([int(round(n * s / 2.0)) for n, s in zip(brain.GetSize(), brain.GetSpacing())], sitk.sitkUInt8)
+    grid.SetSpacing([2.0] * 3)
+    grid.SetOrigin(brain.GetOrigin())
+    grid.SetDirection(brain.GetDirection())
+    return sitk.Resample(sitk.SmoothingRecursiveGaussian(brain, 0.8), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+
+def _mean_norm(field: sitk.Image, mask: np.ndarray) -> float:
+    return float(np.linalg.norm(sitk.GetArrayFromImage(field), axis=-1)[mask].mean())
+
+
+@pytest.mark.network
+def test_brain_model_alone_reduces_a_known_field_on_held_out_anatomy():
+    """The network alone on a held-out brain deformed by a known SimpleITK B-spline field: the mean
+    error against that field (SimpleITK's own displacement of the transform) drops by at least 20 %."""
+    brain = _colin27_2mm()
+    transform = sitk.BSplineTransformInitializer(brain, [2, 2, 2], order=3)
+    transform.SetParameters(np.random.default_rng(5).uniform(-8.0, 8.0, len(transform.GetParameters())).tolist())
+    fixed = sitk.Resample(brain, brain, transform, sitk.sitkLinear, 0.0)
+    truth = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, brain.GetSize(), brain.GetOrigin(),
+                                              brain.GetSpacing(), brain.GetDirection())
+    mask = sitk.GetArrayFromImage(fixed) > 0.1 * float(sitk.GetArrayViewFromImage(fixed).max())
+    estimate = register(brain, fixed, model="brain_mr_t1", refine=0, device="cpu").displacement
+    before, after = _mean_norm(truth, mask), _mean_norm(sitk.Compose(
+        [sitk.VectorIndexSelectionCast(estimate, c) - sitk.VectorIndexSelectionCast(truth, c) for c in range(3)]), mask)
+    assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.network
+def test_an_image_registered_to_itself_hardly_moves_with_the_default_registration():
+    """Registered to itself, a held-out brain moves less than 0.3 mm on average (default: network + refinement)."""
+    brain = _colin27_2mm()
+    mask = sitk.GetArrayFromImage(brain) > 0.1 * float(sitk.GetArrayViewFromImage(brain).max())
+    assert _mean_norm(register(brain, brain, device="cpu").displacement, mask) < 0.3
+
+
+@pytest.mark.network
+@pytest.mark.xfail(strict=True, reason="issue 12's target, not met: the brain model alone moves a held-out brain "
+                   "registered to itself by 0.57 mm on average (docs/ablations.md)")
+def test_an_image_registered_to_itself_hardly_moves_with_the_network_alone():
+    brain = _colin27_2mm()
+    mask = sitk.GetArrayFromImage(brain) > 0.1 * float(sitk.GetArrayViewFromImage(brain).max())
+    assert _mean_norm(register(brain, brain, model="brain_mr_t1", refine=0, device="cpu").displacement, mask) < 0.3
