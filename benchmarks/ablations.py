@@ -51,20 +51,23 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "base (ncc 7, reg 1, identity 0.2, contrast 0.5)": {},
         "pearson (v1 loss)": {"similarity": "pearson"},
         "ncc window 9": {"ncc_window": 9},
-        "ncc window 5": {"ncc_window": 5},
         "reg weight 0.5": {"reg_weight": 0.5},
         "reg weight 2": {"reg_weight": 2.0},
         "no identity pairs": {"identity_pairs": 0.0},
         "no contrast randomisation": {"contrast": 0.0},
         "grid 80³": {"grid": [80, 80, 80]},
         "diffeomorphic cascades": {"diffeomorphic": True},
+        "lr 2e-5": {"lr": 2e-5},
+        "v1 recipe continued (control)": {"similarity": "pearson", "contrast": 0.0, "identity_pairs": 0.15,
+                                          "train": "sample:fsl_mni152_1mm_brain,cat12_t1_brain,fsl_mni152_1mm_brain,"
+                                                   "cat12_t1_brain"},
     },
     "ct": {
         "base (ncc 7, reg 1, identity 0.25)": {},
         "pearson (v1 loss)": {"similarity": "pearson"},
-        "ncc window 9": {"ncc_window": 9},
-        "reg weight 2": {"reg_weight": 2.0},
         "no identity pairs": {"identity_pairs": 0.0},
+        "lr 2e-5": {"lr": 2e-5},
+        "v1 recipe continued (control)": {"similarity": "pearson", "identity_pairs": 0.15, "ffd_amplitude": 5.0},
     },
 }
 
@@ -138,7 +141,7 @@ def table(domain: Domain, results: dict[str, dict], steps: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domain", choices=get_args(Domain), default="brain")
-    parser.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every variant (the shared budget)")
+    parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps of every variant (the shared budget)")
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one CPU thread each)")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "ablations")
