@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "rcreg.commands.train",
     "evaluate": "rcreg.commands.evaluate",
     "demo": "rcreg.commands.demo",
+    "web": "rcreg.commands.web",
 }
 
 
