@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Optional, Sequence
 
 # name → module; imported lazily so `rcreg --help` stays fast.
@@ -51,7 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # one line per warning, in the command's words, not file:line + source
+            warnings.showwarning = lambda message, *rest, **kw: print(f"rcreg {args.command}: warning: {message}",
+                                                                     file=sys.stderr)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("rcreg: interrupted", file=sys.stderr)
         return 130

@@ -174,3 +174,19 @@ def test_region_picks_the_model_and_a_head_ct_never_gets_a_body_model(installed,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert register(_ct_cylinder(350.0), _ct_cylinder(350.0), refine=0).metrics["model"] == "ct-small"
+
+
+def test_cli_prints_a_warning_as_one_line(installed, tmp_path, capsys):
+    """`rcreg register` on a head CT with only a body CT model installed: one warning line, then success."""
+    import SimpleITK as sitk
+
+    from rcreg.cli import main
+
+    card = {"modality": "CT", "region": "body", "grid": {"shape": [16, 16, 16]}}
+    save_checkpoint(installed / "ct-small.pt", RecursiveCascadeNetwork("vtn", n_cascades=1, width=0.125), card)
+    sitk.WriteImage(_ct_cylinder(180.0), str(tmp_path / "head.nii.gz"))
+    assert main(["register", "-m", str(tmp_path / "head.nii.gz"), "-f", str(tmp_path / "head.nii.gz"),
+                 "-o", str(tmp_path / "out"), "--refine", "1", "-q", "--no-figure"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rcreg register: warning: no installed model is for head CT images: registering by refinement "
+                   "alone (give --model to choose one)"]
