@@ -33,7 +33,7 @@ class WebServer:
     log: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def web_server(tmp_path_factory) -> Iterator[WebServer]:
     """``rcreg web --port 0 --data DIR`` (default host), once listening; DIR holds one unreadable volume."""
     root = tmp_path_factory.mktemp("web")
@@ -62,7 +62,7 @@ def web_server(tmp_path_factory) -> Iterator[WebServer]:
         process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Headless Debian Chromium (no Playwright-downloaded browser, no background networking)."""
     from playwright.sync_api import sync_playwright

@@ -50,6 +50,13 @@ def wait_for_status(page, pattern: str, timeout_s: float) -> str:
     return status(page)
 
 
+def wait_for_error(page, prefix: str, timeout_s: float = 30.0) -> str:
+    """Wait until the page's error line starts with ``prefix``; return the line."""
+    page.wait_for_function("prefix => document.querySelector('#error')?.textContent.trim().startsWith(prefix)",
+                           arg=prefix, timeout=timeout_s * 1000)
+    return page.inner_text("#error").strip()
+
+
 def choose(page, select_id: str, title: str) -> None:
     """Pick the entry ``title`` in the file selector ``select_id`` as a user does (open the menu, click)."""
     open_menu(page, select_id)

@@ -265,9 +265,7 @@ class RegistrationApp:
         if self.state.running:
             return
         try:
-            with self.state:
-                self.state.error = ""
-                request, options = self._inputs(), self._options()
+            request, options = self._inputs(), self._options()
         except Exception as error:
             with self.state:
                 self._fail(error)
@@ -280,8 +278,8 @@ class RegistrationApp:
         with self.state:
             self._clear_outputs()
             self._refresh_views()
-            self.state.update({"running": True, "progress": 0, "status": "Starting", "metrics_rows": [],
-                               "downloads": []})
+            self.state.update({"running": True, "progress": 0, "status": "Starting", "error": "",
+                               "metrics_rows": [], "downloads": []})
 
         def progress(fraction: float, message: str) -> None:  # called in the worker thread
             loop.call_soon_threadsafe(self._progress, fraction, message)
