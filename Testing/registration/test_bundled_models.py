@@ -18,6 +18,7 @@ BUNDLED = dict(list_models())
 
 def test_brain_and_ct_models_are_bundled_with_complete_cards():
     assert {"brain_mr_t1", "chest_ct"} <= set(BUNDLED)
+    assert BUNDLED["chest_ct"]["region"] == "body"  # never picked for a head CT
     for name, card in BUNDLED.items():
         assert card["modality"] in ("MR", "CT") and len(card["grid"]["shape"]) == 3, name
         assert card["training"]["iterations"] > 0 and card["training"]["data"]["train"], name
