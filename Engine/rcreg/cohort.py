@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from .io import InputError, as_image, atomic_path, check_input_path
 from .models import resolve_model
-from .registration import NO_MODEL, OUTPUT_FILES, image_modality, register
+from .registration import NO_MODEL, OUTPUT_FILES, model_for, register
 
 __all__ = ["Pair", "read_pairs", "register_pairs", "SUMMARY_COLUMNS"]
 
@@ -107,8 +107,8 @@ def register_pairs(
 ) -> Path:
     """Register every pair not finished yet into ``output_dir/<name>/`` and write ``summary.csv``.
 
-    model: as :func:`rcreg.register` takes it, resolved (checkpoint read) once per modality for the
-    whole cohort; ``register_options``: further :func:`rcreg.register` keywords; ``save_options``:
+    model: as :func:`rcreg.register` takes it (default: :func:`rcreg.registration.model_for` each pair's
+    fixed image), each model resolved (checkpoint read) once for the whole cohort; ``register_options``: further :func:`rcreg.register` keywords; ``save_options``:
     :meth:`RegistrationResult.save` keywords. ``progress(done, total, message)`` after each pair.
     Returns the summary's path.
     """
@@ -122,11 +122,12 @@ def register_pairs(
             report(number, len(mine), f"{pair.name}: done earlier, skipped")
             continue
         start = time.perf_counter()
-        spec = model
-        if model != NO_MODEL:
-            key = str(model) if model is not None else image_modality(as_image(pair.fixed, "fixed image"))
+        name = model_for(as_image(pair.fixed, "fixed image")) if model is None else model
+        spec = name
+        if name != NO_MODEL:
+            key = str(name)
             if key not in resolved:
-                resolved[key] = resolve_model(model, modality=None if model is not None else key)
+                resolved[key] = resolve_model(name)
             spec = resolved[key]
         result = register(pair.moving, pair.fixed, model=spec, moving_labels=pair.moving_labels,
                           fixed_labels=pair.fixed_labels, mask=pair.mask, **register_options)

@@ -289,6 +289,19 @@ def image_region(image: sitk.Image, modality: str) -> Optional[Region]:
     return "head" if width < HEAD_WIDTH_MM else "body"
 
 
+def model_for(fixed: sitk.Image) -> str:
+    """The installed model :func:`register` uses for ``fixed`` when none is given: by its modality
+    (:func:`image_modality`) and body region (:func:`image_region`, :func:`rcreg.models.default_model`);
+    :data:`NO_MODEL`, with a warning, when every model of the modality is for another region."""
+    modality = image_modality(fixed)
+    region = image_region(fixed, modality)
+    model = default_model(modality, region)
+    if model == NO_MODEL:
+        warnings.warn(f"no installed model is for {region} {modality} images: registering by refinement alone "
+                      "(give --model to choose one)", stacklevel=3)
+    return model
+
+
 def refine_options(refine: RefineSpec, card: dict) -> RefineOptions:
     """The refinement to run: ``refine`` over the card's defaults (its ``"refinement"`` entry).
 
@@ -395,12 +408,7 @@ def register(
         raise InputError(f"fixed and moving points differ in number: {len(points_f)} vs {len(points_m)}")
     _check_memory(fixed, moving, fixed_name)
     if model is None:
-        modality = image_modality(fixed)
-        region = image_region(fixed, modality)
-        model = default_model(modality, region)
-        if model == NO_MODEL:
-            warnings.warn(f"no installed model is for {region} {modality} images: registering by refinement alone "
-                          "(give --model to choose one)", stacklevel=2)
+        model = model_for(fixed)
     resolved = None if model == NO_MODEL else resolve_model(model)
     card = resolved.card if resolved is not None else DEFAULT_CARD
     options = refine_options(refine, card)
