@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+MODULE = REPOSITORY / "RecursiveCascadeRegistration"
 DESCRIPTION = REPOSITORY / "ExtensionsIndex" / "RecursiveCascadeRegistration.json"
 SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
 # The schema's properties and their JSON types (it allows no others; $schema, category, scm_url are required).
@@ -67,3 +68,10 @@ def test_license_file_matches_pyproject():
     text = (REPOSITORY / "LICENSE").read_text(encoding="utf-8")
     assert declared == "MIT" and text.startswith("MIT License\n")
     assert "Permission is hereby granted, free of charge" in text
+
+
+def test_the_module_build_installs_every_lib_file():
+    """The scripted module's CMakeLists lists every Python file of the Lib (a missing one would be absent
+    from the built extension, though every test here, run from the source tree, would pass)."""
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\w+\.py)", (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")))
+    assert listed == {p.name for p in (MODULE / "RecursiveCascadeRegistrationLib").glob("*.py")}

@@ -17,7 +17,7 @@ __all__ = ["MODULE_DIR", "SUBMODULES", "import_lib"]
 #: The Slicer module's folder in a source checkout (what Slicer's "Additional module paths" names).
 MODULE_DIR = Path(__file__).resolve().parents[3] / "RecursiveCascadeRegistration"
 #: The package's modules the web app uses, imported with it so they are its attributes.
-SUBMODULES = ("choices", "display", "engine", "logic", "nodes")
+SUBMODULES = ("choices", "display", "engine", "headless", "logic", "nodes")
 
 
 def import_lib() -> ModuleType:

@@ -21,27 +21,8 @@ _PALETTE = ((0.30, 0.55, 1.00), (1.00, 0.80, 0.20), (1.00, 0.35, 0.40), (0.80, 0
 
 
 def new_scene():
-    """A scene with the logics ``registerVolumes`` needs (colours, volumes, transforms, segmentations).
-
-    The logics are kept as ``scene.logics`` so that they live as long as the scene.
-    """
-    import slicer
-
-    scene = slicer.vtkMRMLScene()
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(scene)
-    colors = application.GetColorLogic()
-    colors.SetMRMLScene(scene)
-    colors.AddDefaultColorNodes()
-    application.SetModuleLogic("Colors", colors)
-    logics = {"Volumes": slicer.vtkSlicerVolumesLogic(), "Transforms": slicer.vtkSlicerTransformLogic(),
-              "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic()}
-    for name, logic in logics.items():
-        logic.SetMRMLApplicationLogic(application)
-        logic.SetMRMLScene(scene)
-        application.SetModuleLogic(name, logic)
-    scene.logics = (application, logics)
-    return scene
+    """A scene with the logics ``registerVolumes`` needs (the Lib's ``headless.newScene``)."""
+    return import_lib().headless.newScene()
 
 
 def segment_name(label: int, names: Optional[Mapping[int, str]] = None) -> str:
