@@ -121,8 +121,19 @@ class RegistrationResult:
         then created by one rename, an existing one receives each file by rename and loses the files
         of an earlier run that this one does not write, so the folder always holds one run's outputs.
         On failure (or an interrupt) the staging folder is removed; staging folders left by killed
-        runs are removed by the next run into the same place. ``dense_field`` also writes
-        ``displacement.nii.gz``, the field on the fixed grid; ``figure=False`` skips ``figure.png``.
+        runs are removed by the next run into the same place.
+
+        Args:
+            directory: the output folder (created with its parents when missing).
+            dense_field: also write ``displacement.nii.gz``, the field on the fixed grid.
+            figure: write ``figure.png`` (fixed | moving | warped slices).
+
+        Returns:
+            ``directory`` as a :class:`~pathlib.Path`.
+
+        Raises:
+            OSError: the folder cannot be created or written (one line: no space, no permission, a
+                parent that is a file); nothing of this run is left behind.
         """
         from .figures import registration_figure
 
