@@ -89,14 +89,22 @@ def test_ct_model_with_default_refinement_registers_a_known_deformation():
     _check_registers(ct, fixed, "chest_ct", sitk.GetArrayFromImage(fixed) > -500, refine=None, removed=0.8)
 
 
-def _colin27_2mm() -> sitk.Image:
-    """Colin27 (held out from training: docs/data.md), skull-stripped, smoothed and resampled to 2 mm."""
-    brain = sitk.ReadImage(str(data.fetch(["colin27_t1_brain"])["colin27_t1_brain"]), sitk.sitkFloat32)
-    grid = sitk.Image([int(round(n * s / 2.0)) for n, s in zip(brain.GetSize(), brain.GetSpacing())], sitk.sitkUInt8)
+def _at_2mm(image: sitk.Image, outside: float) -> sitk.Image:
+    """``image`` (1 mm) smoothed and resampled to 2 mm voxels over the same box, ``outside`` beyond it."""
+    grid = sitk.Image([int(round(n * s / 2.0)) for n, s in zip(image.GetSize(), image.GetSpacing())], sitk.sitkUInt8)
     grid.SetSpacing([2.0] * 3)
-    grid.SetOrigin(brain.GetOrigin())
-    grid.SetDirection(brain.GetDirection())
-    return sitk.Resample(sitk.SmoothingRecursiveGaussian(brain, 0.8), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return sitk.Resample(sitk.SmoothingRecursiveGaussian(image, 0.8), grid, sitk.Transform(), sitk.sitkLinear, outside)
+
+
+def _colin27_2mm() -> sitk.Image:
+    """Colin27 (held out from training: docs/data.md), skull-stripped, at 2 mm."""
+    return _at_2mm(sitk.ReadImage(str(data.fetch(["colin27_t1_brain"])["colin27_t1_brain"]), sitk.sitkFloat32), 0.0)
+
+
+def _foreground(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image) > 0.1 * float(sitk.GetArrayViewFromImage(image).max())
 
 
 def _mean_norm(field: sitk.Image, mask: np.ndarray) -> float:
@@ -113,7 +121,7 @@ def test_brain_model_alone_reduces_a_known_field_on_held_out_anatomy():
     fixed = sitk.Resample(brain, brain, transform, sitk.sitkLinear, 0.0)
     truth = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, brain.GetSize(), brain.GetOrigin(),
                                               brain.GetSpacing(), brain.GetDirection())
-    mask = sitk.GetArrayFromImage(fixed) > 0.1 * float(sitk.GetArrayViewFromImage(fixed).max())
+    mask = _foreground(fixed)
     estimate = register(brain, fixed, model="brain_mr_t1", refine=0, device="cpu").displacement
     before, after = _mean_norm(truth, mask), _mean_norm(sitk.Compose(
         [sitk.VectorIndexSelectionCast(estimate, c) - sitk.VectorIndexSelectionCast(truth, c) for c in range(3)]), mask)
@@ -124,7 +132,7 @@ def test_brain_model_alone_reduces_a_known_field_on_held_out_anatomy():
 def test_an_image_registered_to_itself_hardly_moves_with_the_default_registration():
     """Registered to itself, a held-out brain moves less than 0.3 mm on average (default: network + refinement)."""
     brain = _colin27_2mm()
-    mask = sitk.GetArrayFromImage(brain) > 0.1 * float(sitk.GetArrayViewFromImage(brain).max())
+    mask = _foreground(brain)
     assert _mean_norm(register(brain, brain, device="cpu").displacement, mask) < 0.3
 
 
@@ -133,19 +141,14 @@ def test_an_image_registered_to_itself_hardly_moves_with_the_default_registratio
                    "registered to itself by 0.57 mm on average (docs/ablations.md)")
 def test_an_image_registered_to_itself_hardly_moves_with_the_network_alone():
     brain = _colin27_2mm()
-    mask = sitk.GetArrayFromImage(brain) > 0.1 * float(sitk.GetArrayViewFromImage(brain).max())
+    mask = _foreground(brain)
     assert _mean_norm(register(brain, brain, model="brain_mr_t1", refine=0, device="cpu").displacement, mask) < 0.3
 
 
 def _head_ct_2mm() -> sitk.Image:
     """The TotalSegmentator head CT template at 2 mm, with air outside the head at −1000 HU as a scanner writes it."""
     template = sitk.ReadImage(str(data.fetch(["head_ct_template"])["head_ct_template"]), sitk.sitkFloat32)
-    head = sitk.Mask(template, template != 0, outsideValue=-1000.0)
-    grid = sitk.Image([n // 2 for n in head.GetSize()], sitk.sitkUInt8)
-    grid.SetSpacing([2.0] * 3)
-    grid.SetOrigin(head.GetOrigin())
-    grid.SetDirection(head.GetDirection())
-    return sitk.Resample(head, grid, sitk.Transform(), sitk.sitkLinear, -1000.0)
+    return _at_2mm(sitk.Mask(template, template != 0, outsideValue=-1000.0), -1000.0)
 
 
 @pytest.mark.network
