@@ -120,24 +120,38 @@ class RecursiveCascadeRegistrationLogic:
     ) -> dict:
         """Register ``movingVolumeNode`` to ``fixedVolumeNode`` and return the run's metrics.
 
-        model: ``None`` (default bundled model), a bundled model name, ``"none"`` (no network:
-        refinement alone), a checkpoint path, a ``RecursiveCascadeNetwork`` or a predictor callable
-        (see ``rcreg.models.resolve_model``); cascades/repeat/device: passed to ``rcreg.register``.
-        fixedMaskNode: a segmentation whose segments, together, mark the fixed region to register
-        (the engine's ``mask``); initialAlignment: ``"none"``, ``"geometry"`` or ``"mass"``.
-        Test-time refinement (``rcreg.refinement``, the engine's ``refine``): refineIterations at the
-        finest level (``None``: the model card's default, ``0``: network only); refineSimilarity
-        (``ncc``, ``correlation``, ``mse``, ``mi``), refineWeight, refineRegularization (``diffusion``,
-        ``bending``), refineLevels and refineSpacing (mm) override the card's defaults when given;
-        diffeomorphic refines a stationary velocity field (det J > 0). Output nodes are created when
-        not given. ``progressCallback(fraction, message)`` is called as the run advances; raising
-        :class:`RegistrationCancelled` from it, or ``cancelCallback()`` returning true (checked at
-        every progress report and refinement iteration), stops the run with RegistrationCancelled.
+        Args:
+            fixedVolumeNode, movingVolumeNode: scalar volume nodes; results live on the fixed volume's grid.
+            model: ``None`` (the bundled model for the fixed image's modality and region), a bundled model
+                name, ``"none"`` (no network: refinement alone), a checkpoint path, a
+                ``RecursiveCascadeNetwork`` or a predictor callable (``rcreg.models.resolve_model``).
+            cascades, repeat, device: passed to ``rcreg.register``.
+            outputVolumeNode, outputTransformNode, outputSegmentationNode: where the warped volume, the
+                grid transform and the warped segmentation go (created when not given).
+            movingSegmentationNode, fixedSegmentationNode: segmentations to warp and to score (Dice, HD95,
+                segments matched by name).
+            fixedMaskNode: a segmentation whose segments, together, mark the fixed region to register.
+            initialAlignment: ``"none"``, ``"geometry"`` or ``"mass"``.
+            refineIterations: test-time refinement at the finest level (``None``: the model card's
+                default, ``0``: the network only).
+            refineSimilarity, refineWeight, refineRegularization, refineLevels, refineSpacing: override the
+                card's refinement defaults when given (``ncc``/``correlation``/``mse``/``mi``;
+                ``diffusion``/``bending``; spacing in mm).
+            diffeomorphic: refine a stationary velocity field (det J > 0).
+            progressCallback: ``progressCallback(fraction, message)`` as the run advances; raising
+                :class:`RegistrationCancelled` from it stops the run.
+            cancelCallback: ``cancelCallback()`` returning true (checked at every progress report and
+                refinement iteration) stops the run.
 
-        Returns the engine's metrics (``rcreg.register``): ``folding_fraction`` (share of fixed-grid
-        voxels with det J ≤ 0), correlations, timings, ...; when both segmentations are given, also
-        ``dice``, ``dice_before`` and ``hd95_mm`` keyed by segment name (segments matched by name)
-        and their ``*_mean``.
+        Returns:
+            The engine's metrics (``rcreg.register``): ``folding_fraction`` (share of fixed-grid voxels
+            with det J ≤ 0), correlations, timings, …; with both segmentations also ``dice``,
+            ``dice_before`` and ``hd95_mm`` keyed by segment name, and their ``*_mean``.
+
+        Raises:
+            RegistrationCancelled: the run was cancelled.
+            ValueError: a missing volume, a fixed segmentation without a moving one, a linear output
+                transform, or an input the engine refuses (one line naming it).
         """
         if fixedVolumeNode is None or movingVolumeNode is None:
             raise ValueError("select both a fixed and a moving volume")
