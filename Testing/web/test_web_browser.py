@@ -7,6 +7,7 @@ Cancel last.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from urllib.parse import urljoin
@@ -62,6 +63,7 @@ def finished_run(page):
     wait_for_status(page, "^Sample pair", 300)
     assert page.locator("#error").count() == 0  # choosing good files clears the error line
     page.fill("#refine-iterations", "0")
+    choose(page, "initial-alignment", "mass")
     page.click("#run")
     done = wait_for_status(page, r"^(Finished run|Failed|Cancelled)", RUN_S)
     error = page.inner_text("#error") if page.locator("#error").count() else ""
@@ -167,6 +169,9 @@ def test_downloads_are_the_transform_its_inverse_and_the_warped_volume(finished_
     warped, labels = sitk.ReadImage(str(files["warped.nii.gz"])), sitk.ReadImage(str(files["warped_labels.nii.gz"]))
     assert warped.GetSize() == labels.GetSize() == (197, 233, 189)  # the fixed grid (MNI152 2009a)
     assert set(np.unique(sitk.GetArrayViewFromImage(labels))) == {0, 1, 2, 3}
+    metrics = json.loads(files["metrics.json"].read_text(encoding="utf-8"))
+    assert metrics["initial_alignment"] == "mass"  # the page's selector reached the engine
+    assert np.linalg.norm(metrics["initial_translation_mm"]) > 0
 
 
 def test_cancel_stops_a_run(finished_run):

@@ -107,7 +107,10 @@ class RegistrationApp:
         state.models = [{"title": titles.get(name, name), "value": name}
                         for name in choices.modelChoices(bundled) if name != choices.FROM_FILE]
         state.devices = ["auto", "cpu", "cuda"]
+        state.alignments = list(choices.INITIAL_ALIGNMENTS)
+        state.similarities = [choices.DEFAULT, *choices.REFINE_SIMILARITIES]
         state.update({"model": choices.DEFAULT, "cascades": "all", "repeat": "1", "refine_iterations": "default",
+                      "initial_alignment": "none", "refine_similarity": choices.DEFAULT,
                       "device": "auto", "diffeomorphic": False, "fade": 0.5, "show_grid": True,
                       "show_segmentation": True, "running": False, "progress": 0, "status": "", "error": "",
                       "metrics_rows": [], "downloads": [], "uploads": None,
@@ -249,6 +252,8 @@ class RegistrationApp:
                 "cascades": _whole_number(state.cascades, "cascades", "all"),
                 "repeat": 1 if repeat is None else repeat,
                 "refineIterations": _whole_number(state.refine_iterations, "refinement iterations", "default"),
+                "refineSimilarity": None if state.refine_similarity == choices.DEFAULT else str(state.refine_similarity),
+                "initialAlignment": str(state.initial_alignment),
                 "diffeomorphic": bool(state.diffeomorphic), "device": str(state.device)}
 
     def _inputs(self) -> runner.Inputs:

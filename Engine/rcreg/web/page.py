@@ -58,6 +58,13 @@ def _options() -> None:
         with v.VCol():
             v.VSelect(v_model=("device", "auto"), items=("devices",), label="Device", id="device",
                       density="compact", disabled=("running",), hide_details=True)
+    with v.VRow(dense=True):
+        with v.VCol():
+            v.VSelect(v_model=("initial_alignment", "none"), items=("alignments",), label="Initial alignment",
+                      id="initial-alignment", density="compact", disabled=("running",), hide_details=True)
+        with v.VCol():
+            v.VSelect(v_model=("refine_similarity", "default"), items=("similarities",), label="Refinement similarity",
+                      id="refine-similarity", density="compact", disabled=("running",), hide_details=True)
     v.VCheckbox(v_model=("diffeomorphic", False), label="Diffeomorphic refinement", id="diffeomorphic",
                 density="compact", disabled=("running",), hide_details=True)
 
