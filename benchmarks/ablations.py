@@ -34,7 +34,7 @@ from rcreg.training.trainer import train  # noqa: E402
 from rcreg.io import array_ijk  # noqa: E402
 
 from accuracy_cases import build_cases, isotropic  # noqa: E402
-from accuracy_methods import score  # noqa: E402
+from accuracy_methods import identity, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 Domain = Literal["brain", "ct"]
@@ -97,13 +97,13 @@ def _train(args: tuple[str, str, int, str]) -> str:
     return str(export)
 
 
-def self_registration(model: str, names: tuple[str, ...], spacing: float) -> dict[str, float]:
+def self_registration(model: str, names: tuple[str, ...], spacing: float, repeat: int = 1) -> dict[str, float]:
     """Mean |u| (mm) over the foreground when each image is registered to itself by the network alone."""
     paths = data.fetch(list(names))
     out = {}
     for name in names:
         image = isotropic(sitk.ReadImage(str(paths[name]), sitk.sitkFloat32), spacing)
-        field = register(image, image, model=model, refine=0, device="cpu").displacement
+        field = register(image, image, model=model, repeat=repeat, refine=0, device="cpu").displacement
         values = array_ijk(image)
         foreground = values > (np.percentile(values, 1) + 0.1 * (np.percentile(values, 99) - np.percentile(values, 1)))
         norm = np.linalg.norm(array_ijk(field), axis=-1)
@@ -111,19 +111,20 @@ def self_registration(model: str, names: tuple[str, ...], spacing: float) -> dic
     return out
 
 
-def evaluate(domain: Domain, model: str) -> dict:
-    """Network-only scores of ``model`` on the held-out cases of ``domain`` and on self-registration."""
+def evaluate(domain: Domain, model: str, repeat: int = 1) -> dict:
+    """Network-only scores of ``model`` (each cascade applied ``repeat`` times) on the held-out cases of
+    ``domain`` and on self-registration."""
     rows = {}
     for case in build_cases(False, 0):
         if case.domain != domain:
             continue
-        field = register(case.moving, case.fixed, model=model, refine=0, device="cpu").displacement
+        field = register(case.moving, case.fixed, model=model, repeat=repeat, refine=0, device="cpu").displacement
         rows[case.name] = score(case, field, 0.0)
-    rows["self"] = self_registration(model, SELF[domain], 2.0 if domain == "brain" else 2.5)
+    rows["self"] = self_registration(model, SELF[domain], 2.0 if domain == "brain" else 2.5, repeat)
     return rows
 
 
-def table(domain: Domain, results: dict[str, dict], steps: int) -> str:
+def table(domain: Domain, results: dict[str, dict], title: str) -> str:
     cases = [c for c in next(iter(results.values())) if c != "self"]
     header = ["variant"] + [f"{c}: {'field error mm / ' if 'known field' in c else ''}Dice" for c in cases] + \
              [f"{n} to itself: mean \\|u\\| mm" for n in SELF[domain]]
@@ -135,7 +136,7 @@ def table(domain: Domain, results: dict[str, dict], steps: int) -> str:
             cells.append((f"{r['field_error_mm']:.2f} / " if "field_error_mm" in r else "") + f"{r['dice_mean']:.3f}")
         cells += [f"{rows['self'][n]:.2f}" for n in SELF[domain]]
         lines.append("| " + " | ".join(cells) + " |")
-    return f"### {domain} ({steps} steps each from `{V1[domain]}`)\n\n" + "\n".join(lines) + "\n"
+    return f"### {title}\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -146,7 +147,12 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one CPU thread each)")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ablations.md")
+    parser.add_argument("--series", nargs="+", type=Path, metavar="MODEL",
+                        help="instead: score brain models trained separately with different cascade counts "
+                             "(benchmarks/cascade_series.py), the first at repeats r = 1…4, the others at r = 1")
     args = parser.parse_args(argv)
+    if args.series:
+        return score_series(args.series, args.report)
     names = args.only or list(VARIANTS[args.domain])
     jobs = [(args.domain, n, args.steps, str(args.output)) for n in names]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -158,10 +164,33 @@ def main(argv=None) -> int:
     results.update({n: evaluate(args.domain, exports[n]) for n in names})
     raw = args.output / f"{args.domain}_results.json"
     raw.write_text(json.dumps(results, indent=1))
-    section = table(args.domain, results, args.steps)
+    section = table(args.domain, results, f"{args.domain} ({args.steps} steps each from `{V1[args.domain]}`)")
     write_section(args.report, args.domain, section)
     print(section)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {args.report} ({raw})")
+    return 0
+
+
+def score_series(models: list[Path], report: Path) -> int:
+    """The paper's two claims with this recipe: separately trained cascade counts (r = 1), and shared-weight
+    repeats r = 1…4 of the first model, network-only on the brain cases."""
+    import torch
+
+    from rcreg.checkpoint import load_checkpoint
+
+    torch.set_num_threads(2)
+    results = {"identity (no registration)": {
+        **{case.name: score(case, identity(case)[0], 0.0) for case in build_cases(False, 0) if case.domain == "brain"},
+        "self": {name: 0.0 for name in SELF["brain"]}}}
+    for index, path in enumerate(models):
+        card = load_checkpoint(path)["card"]
+        for repeat in (range(1, 5) if index == 0 else (1,)):
+            results[f"{card['cascades']} cascades × {repeat} ({card['training']['iterations']} steps)"] = \
+                evaluate("brain", str(path), repeat)
+    grid = load_checkpoint(models[0])["card"]["grid"]["shape"][0]
+    write_section(report, "series", table("brain", results, f"The paper's claims with the v2 recipe ({grid}³ grid, "
+                                                            "trained from scratch, one budget)"))
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}")
     return 0
 
 
