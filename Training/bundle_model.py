@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from rcreg.checkpoint import model_from_checkpoint, save_checkpoint
+from rcreg.cli import error_line
 from rcreg.models import MODELS_DIR
 from rcreg.options import REGIONS
 from rcreg.registration import refine_options
@@ -89,6 +90,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (ValueError, OSError) as exc:  # bad checkpoints, benchmark files, options: one line, no traceback
-        print(f"bundle_model.py: error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"bundle_model.py: error: {error_line(exc)}", file=sys.stderr)
         sys.exit(1)

@@ -43,6 +43,13 @@ class Terminated(BaseException):
     every ``finally``/cleanup runs (staging folders, temporary files), as for Ctrl-C."""
 
 
+def error_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): how every interface of
+    rcreg (this CLI, the web app, the training scripts) reports a failure."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated()
 
@@ -66,8 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         return 141
     except (ValueError, OSError, RuntimeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"rcreg {args.command}: error: {message}", file=sys.stderr)
+        print(f"rcreg {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if in_main_thread:

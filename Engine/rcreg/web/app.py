@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import SimpleITK as sitk
 
+from ..cli import error_line
 from . import inputs, runner, sample
 from . import scene as scenes
 from .lib import import_lib
@@ -37,12 +38,6 @@ _FILL_OPACITY = 0.35
 _SLOTS = {"fixed_file": ("fixed volume", None), "moving_file": ("moving volume", None),
           "fixed_labels_file": ("fixed segmentation", "fixed_file"),
           "moving_labels_file": ("moving segmentation", "moving_file")}
-
-
-def _one_line(error: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _whole_number(text: Any, name: str, default_word: str) -> Optional[int]:
@@ -150,7 +145,7 @@ class RegistrationApp:
     def _fail(self, error: BaseException) -> None:
         if not isinstance(error, (ValueError, RuntimeError, OSError)):
             log.exception("rcreg web: unexpected error", exc_info=error)
-        self.state.error = _one_line(error)
+        self.state.error = error_line(error)
 
     def _add_files(self, paths: list[tuple[str, Path]]) -> None:
         """Offer ``(title, path)`` entries in the file selectors (once each)."""

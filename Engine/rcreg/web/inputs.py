@@ -25,13 +25,13 @@ def list_files(folder: Optional[Path]) -> list[Path]:
 
 def _read(read, path: Path, role: str, *args) -> sitk.Image:
     """``read(path, *args)`` with its error as ``"<role>: <file name>: <reason>"`` (no temporary folder names)."""
+    from ..cli import error_line
     from ..io import InputError
 
     try:
         return read(path, *args)
     except (InputError, OSError, RuntimeError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{role}: {message.replace(str(path), path.name)}") from None
+        raise ValueError(f"{role}: {error_line(error).replace(str(path), path.name)}") from None
 
 
 def read_volume(path: Path, role: str) -> sitk.Image:
