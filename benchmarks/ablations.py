@@ -14,6 +14,7 @@ interrupted one resumed, so the command can be re-run; the table goes to docs/ab
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import sys
@@ -27,13 +28,12 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the accuracy_* parts beside this script
 
 from rcreg import data  # noqa: E402
+from rcreg.io import array_ijk  # noqa: E402
 from rcreg.registration import register  # noqa: E402
 from rcreg.training.config import TrainConfig, load_config  # noqa: E402
 from rcreg.training.trainer import train  # noqa: E402
 
-from rcreg.io import array_ijk  # noqa: E402
-
-from accuracy_cases import build_cases, isotropic  # noqa: E402
+from accuracy_cases import Case, build_cases, isotropic  # noqa: E402
 from accuracy_methods import identity, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,30 +97,34 @@ def _train(args: tuple[str, str, int, str]) -> str:
     return str(export)
 
 
-def self_registration(model: str, names: tuple[str, ...], spacing: float, repeat: int = 1) -> dict[str, float]:
-    """Mean |u| (mm) over the foreground when each image is registered to itself by the network alone."""
-    paths = data.fetch(list(names))
-    out = {}
-    for name in names:
-        image = isotropic(sitk.ReadImage(str(paths[name]), sitk.sitkFloat32), spacing)
-        field = register(image, image, model=model, repeat=repeat, refine=0, device="cpu").displacement
+@functools.lru_cache(maxsize=None)
+def domain_cases(domain: Domain) -> tuple[Case, ...]:
+    """The held-out benchmark cases of ``domain`` (built once per process)."""
+    return tuple(case for case in build_cases(False, 0) if case.domain == domain)
+
+
+@functools.lru_cache(maxsize=None)
+def self_images(domain: Domain) -> tuple[tuple[str, sitk.Image, np.ndarray], ...]:
+    """``(name, image, foreground)`` of the images of ``domain`` registered to themselves (read once)."""
+    paths = data.fetch(list(SELF[domain]))
+    out = []
+    for name in SELF[domain]:
+        image = isotropic(sitk.ReadImage(str(paths[name]), sitk.sitkFloat32), 2.0 if domain == "brain" else 2.5)
         values = array_ijk(image)
-        foreground = values > (np.percentile(values, 1) + 0.1 * (np.percentile(values, 99) - np.percentile(values, 1)))
-        norm = np.linalg.norm(array_ijk(field), axis=-1)
-        out[name] = float(norm[foreground].mean())
-    return out
+        low, high = np.percentile(values, 1), np.percentile(values, 99)
+        out.append((name, image, values > low + 0.1 * (high - low)))
+    return tuple(out)
 
 
 def evaluate(domain: Domain, model: str, repeat: int = 1) -> dict:
     """Network-only scores of ``model`` (each cascade applied ``repeat`` times) on the held-out cases of
-    ``domain`` and on self-registration."""
-    rows = {}
-    for case in build_cases(False, 0):
-        if case.domain != domain:
-            continue
-        field = register(case.moving, case.fixed, model=model, repeat=repeat, refine=0, device="cpu").displacement
-        rows[case.name] = score(case, field, 0.0)
-    rows["self"] = self_registration(model, SELF[domain], 2.0 if domain == "brain" else 2.5, repeat)
+    ``domain`` and, under ``"self"``, the mean |u| (mm) over the foreground of each image registered to itself."""
+    def field(moving: sitk.Image, fixed: sitk.Image) -> sitk.Image:
+        return register(moving, fixed, model=model, repeat=repeat, refine=0, device="cpu").displacement
+
+    rows = {case.name: score(case, field(case.moving, case.fixed), 0.0) for case in domain_cases(domain)}
+    rows["self"] = {name: float(np.linalg.norm(array_ijk(field(image, image)), axis=-1)[foreground].mean())
+                    for name, image, foreground in self_images(domain)}
     return rows
 
 
@@ -180,14 +184,14 @@ def score_series(models: list[Path], report: Path) -> int:
 
     torch.set_num_threads(2)
     results = {"identity (no registration)": {
-        **{case.name: score(case, identity(case)[0], 0.0) for case in build_cases(False, 0) if case.domain == "brain"},
+        **{case.name: score(case, identity(case)[0], 0.0) for case in domain_cases("brain")},
         "self": {name: 0.0 for name in SELF["brain"]}}}
-    for index, path in enumerate(models):
-        card = load_checkpoint(path)["card"]
+    cards = [load_checkpoint(path)["card"] for path in models]
+    for index, (path, card) in enumerate(zip(models, cards)):
         for repeat in (range(1, 5) if index == 0 else (1,)):
             results[f"{card['cascades']} cascades × {repeat} ({card['training']['iterations']} steps)"] = \
                 evaluate("brain", str(path), repeat)
-    grid = load_checkpoint(models[0])["card"]["grid"]["shape"][0]
+    grid = cards[0]["grid"]["shape"][0]
     write_section(report, "series", table("brain", results, f"The paper's claims with the v2 recipe ({grid}³ grid, "
                                                             "trained from scratch, one budget)"))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}")
