@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .io import image_from_ijk
 from .spatial import jacobian_determinant
 
 __all__ = [
@@ -144,8 +145,7 @@ def compact_displacement(flow: torch.Tensor, grid: sitk.Image) -> sitk.Image:
         raise ValueError(f"flow {tuple(flow.shape)} does not match its grid {grid.GetSize()}")
     padded = torch.nn.functional.pad(flow[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
     matrix = _index_matrix(grid)
-    mm = np.tensordot(padded.numpy(), matrix, axes=([0], [1])).transpose(2, 1, 0, 3)  # (K, J, I, 3)
-    field = sitk.GetImageFromArray(np.ascontiguousarray(mm), isVector=True)
+    field = image_from_ijk(np.tensordot(padded.numpy(), matrix, axes=([0], [1])))  # (I, J, K, 3) mm
     field.SetSpacing(grid.GetSpacing())
     field.SetDirection(grid.GetDirection())
     field.SetOrigin((np.asarray(grid.GetOrigin()) - matrix @ np.ones(3)).tolist())

@@ -56,7 +56,7 @@ LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 #: Fewest voxels along every axis of an image (smaller ones hold too little to register).
 MIN_SIZE = 4
-#: Most distinct non-zero labels in a label map (per-label metrics cost one pass over the image each).
+#: Most distinct non-zero labels in a label map (the metrics file holds three numbers per label).
 MAX_LABELS = 100_000
 #: Largest label value (label maps are stored as unsigned 32-bit integers at most).
 MAX_LABEL_VALUE = 2 ** 32 - 1
@@ -72,14 +72,13 @@ _TRUNCATION_MESSAGES = (
     (re.compile(r"got only (\d+) (\d+)-sized things, not (\d+)"), lambda got, size, want: (want * size, got * size)),
     (re.compile(r"truncated file: eof = (\d+), .*stored_eof = (\d+)"), lambda eof, stored: (stored, eof)),  # HDF5
 )
+_TEMPORARY = ".tmp-"  # prefix of atomic_path's temporary files: .tmp-PID-RANDOMNAME
 # What ITK's writers raise or print when the disk is full (HDF5 reports errno 28 = ENOSPC).
 _NO_SPACE = re.compile(r"No space left on device|errno = 28")
 
 
 class InputError(ValueError):
     """An input file is missing, unreadable or unsuitable; the message is one line naming the file."""
-
-_TEMPORARY = ".tmp-"  # prefix of atomic_path's temporary files: .tmp-PID-RANDOMNAME
 
 
 def _shown(path: Path) -> str:
@@ -397,9 +396,12 @@ def array_ijk(image: sitk.Image, *, view: bool = False) -> np.ndarray:
 
 
 def image_from_ijk(array: np.ndarray, like: Optional[sitk.Image] = None) -> sitk.Image:
-    """A SimpleITK image from voxels in ITK index order ``(I, J, K)`` (:func:`array_ijk`'s inverse for
-    scalar images), with ``like``'s geometry when given."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    """A SimpleITK image from voxels in ITK index order ``(I, J, K)``, or a vector image from ``(I, J, K, C)``
+    (:func:`array_ijk`'s inverse), with ``like``'s geometry when given."""
+    array = np.asarray(array)
+    vector = array.ndim == 4
+    order = (2, 1, 0, 3) if vector else (2, 1, 0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(order)), isVector=vector)
     if like is not None:
         image.CopyInformation(like)
     return image

@@ -151,6 +151,7 @@ def test_array_ijk_follows_itk_indices():
     assert ijk.shape == (3, 4, 5) and all(ijk[i, j, k] == image[i, j, k] for i, j, k in [(0, 0, 0), (2, 1, 4), (1, 3, 2)])
     vector = sitk.Compose([image, image * 2, image * 3])
     assert array_ijk(vector).shape == (3, 4, 5, 3) and tuple(array_ijk(vector)[2, 1, 4]) == vector[2, 1, 4]
+    assert tuple(image_from_ijk(array_ijk(vector), like=vector)[2, 1, 4]) == vector[2, 1, 4]  # vectors round-trip
     back = image_from_ijk(ijk, like=image)
     assert back.GetSpacing() == image.GetSpacing() and np.array_equal(sitk.GetArrayFromImage(back), values)
     copy = array_ijk(image)
