@@ -45,7 +45,8 @@ class RecursiveCascadeNetwork(nn.Module):
     ``diffeomorphic`` treats each deformable cascade's (scaled) output as a stationary velocity field
     and integrates it by scaling and squaring before composition, so every cascade's map, and hence
     their composition, has det J > 0 (the flows in ``stage_flows`` are then the integrated ones);
-    ``checkpointing`` (gradient checkpointing; the old keyword ``checkpoint`` still works, deprecated) recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
+    ``checkpointing`` (gradient checkpointing; the old keyword ``checkpoint`` still works, deprecated)
+    recomputes each cascade's activations in the backward pass (memory ≈ one cascade);
     ``amp`` runs the networks under bf16 autocast (warping stays fp32); ``channels_last`` uses the
     channels-last-3d memory format.
     """

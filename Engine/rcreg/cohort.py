@@ -108,8 +108,9 @@ def register_pairs(
     """Register every pair not finished yet into ``output_dir/<name>/`` and write ``summary.csv``.
 
     model: as :func:`rcreg.register` takes it (default: :func:`rcreg.registration.model_for` each pair's
-    fixed image), each model resolved (checkpoint read) once for the whole cohort; ``register_options``: further :func:`rcreg.register` keywords; ``save_options``:
-    :meth:`RegistrationResult.save` keywords. ``progress(done, total, message)`` after each pair.
+    fixed image), each model resolved (checkpoint read) once for the whole cohort; ``register_options``:
+    further :func:`rcreg.register` keywords; ``save_options``: :meth:`RegistrationResult.save` keywords.
+    ``progress(done, total, message)`` after each pair.
     Returns the summary's path.
     """
     output_dir = Path(output_dir)

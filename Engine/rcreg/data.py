@@ -254,7 +254,7 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "rcreg" / "data"
 
 
-def _volume(name: str) -> SampleFile:
+def _sample_file(name: str) -> SampleFile:
     try:
         return CATALOGUE[name]
     except KeyError:
@@ -262,7 +262,7 @@ def _volume(name: str) -> SampleFile:
 
 
 def _cached(name: str) -> Path:
-    vol = _volume(name)
+    vol = _sample_file(name)
     return cache_dir() / vol.source / vol.filename
 
 
@@ -284,7 +284,7 @@ def resolve(names: Optional[Iterable[str]] = None, subset: Optional[str] = None)
     if isinstance(names, str):
         names = [names]
     for name in names or ():
-        _volume(name)  # raises for unknown names
+        _sample_file(name)  # raises for unknown names
         selected.append(name)
     if names is None and subset is None:
         selected = list(SUBSETS["all"])

@@ -20,6 +20,7 @@ __all__ = [
     "pearson_loss",
     "box_mean",
     "local_statistics",
+    "check_ncc_window",
     "local_ncc_loss",
     "mutual_information_loss",
     "mse_loss",
@@ -108,6 +109,12 @@ def local_statistics(image: torch.Tensor, window: int) -> tuple[torch.Tensor, to
     return mean, (mean_sq - mean.square()).clamp_min(0.0)
 
 
+def check_ncc_window(window: int) -> None:
+    """Raise ``ValueError`` unless ``window`` (voxels) is a positive odd number: boxes are centred on voxels."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"local NCC window must be a positive odd number, got {window}")
+
+
 def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
                    weights: Optional[torch.Tensor] = None,
                    fixed_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
@@ -117,12 +124,12 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
     truncated at the borders, not zero-padded). The local correlation
     ``cov / sqrt((var_f + ε)(var_w + ε))`` (ε = 10⁻⁶, above the rounding noise of the box sums) is signed
     and clamped to [−1, 1]; boxes of the fixed image with variance ≤ 10⁻⁴ (intensities in [0, 1]) count
-    as 0: they carry no structure, and there ε would make raising the warped image's contrast pay. Returns the mean over voxels, channels and batch (weighted by ``weights``, e.g. a
-    fixed-image mask broadcastable to the images, if given). ``fixed_statistics``: the fixed image's
+    as 0: they carry no structure, and there ε would make raising the warped image's contrast pay.
+    Returns the mean over voxels, channels and batch (weighted by ``weights``, e.g. a fixed-image mask
+    broadcastable to the images, if given). ``fixed_statistics``: the fixed image's
     :func:`local_statistics` for this window, when the same fixed image is scored many times.
     """
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"local NCC window must be a positive odd number, got {window}")
+    check_ncc_window(window)
     f, w = fixed.float(), warped.float()
     mean_f, var_f = fixed_statistics if fixed_statistics is not None else local_statistics(f, window)
     mean_w, mean_fw, mean_ww = box_mean(torch.cat([w, f * w, w * w], dim=1), window).chunk(3, dim=1)
@@ -240,8 +247,7 @@ class RegistrationLoss(nn.Module):
         super().__init__()
         if similarity not in SIMILARITY_LOSSES:
             raise ValueError(f"unknown similarity {similarity!r}; choose one of {sorted(SIMILARITY_LOSSES)}")
-        if ncc_window < 1 or ncc_window % 2 == 0:
-            raise ValueError(f"local NCC window must be a positive odd number, got {ncc_window}")
+        check_ncc_window(ncc_window)
         self.similarity = similarity
         self.similarity_fn = (partial(local_ncc_loss, window=ncc_window) if similarity == "ncc"
                               else SIMILARITY_LOSSES[similarity])

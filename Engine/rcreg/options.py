@@ -1,7 +1,8 @@
 """Options of the engine that its command line, the Slicer module and configs need without torch.
 
-Refinement options (:class:`RefineOptions`, used by :mod:`rcreg.refinement`), the initial alignments, the model name that means
-"no network", and the names of the files :meth:`rcreg.registration.RegistrationResult.save` writes.
+Refinement options (:class:`RefineOptions`, used by :mod:`rcreg.refinement`), the initial alignments, the body
+regions of model cards, the model name that means "no network", and the names of the files
+:meth:`rcreg.registration.RegistrationResult.save` writes.
 Importing this module imports neither torch nor SimpleITK.
 """
 from __future__ import annotations
@@ -11,8 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
-           "Region", "REGIONS",
-           "RefineOptions", "NO_MODEL", "OUTPUT_FILES"]
+           "Region", "REGIONS", "RefineOptions", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "correlation", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]

@@ -21,8 +21,8 @@ import torch
 from .io import MIN_SIZE, ImageLike, InputError, array_ijk, as_image, read_label_map, same_grid
 from .options import ALIGNMENTS, InitialAlignment
 
-__all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid", "preprocess", "preprocess_labels", "grid_shape", "initial_translation",
-           "ALIGNMENTS"]
+__all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid",
+           "preprocess", "preprocess_labels", "grid_shape", "initial_translation"]
 
 
 def grid_shape(card: dict) -> tuple[int, int, int]:

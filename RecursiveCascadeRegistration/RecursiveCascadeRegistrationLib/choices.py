@@ -15,8 +15,8 @@ NO_MODEL = "none"
 FROM_FILE = "<file>"
 #: Choice (and empty model value) that leaves a setting to the model card's default.
 DEFAULT = "default"
-INITIAL_ALIGNMENTS = ("none", "geometry", "mass")          # rcreg.preprocessing.ALIGNMENTS
-REFINE_SIMILARITIES = ("ncc", "correlation", "mse", "mi")  # rcreg.refinement.SIMILARITIES
+INITIAL_ALIGNMENTS = ("none", "geometry", "mass")          # rcreg.options.ALIGNMENTS
+REFINE_SIMILARITIES = ("ncc", "correlation", "mse", "mi")  # rcreg.options.SIMILARITIES
 
 
 def modelChoices(bundled: Sequence[str]) -> list[str]:

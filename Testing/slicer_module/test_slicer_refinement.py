@@ -184,8 +184,8 @@ def test_engine_errors_name_the_logic_parameters(scene):
 
 
 def test_panel_choices_match_the_engine():
-    assert choices.REFINE_SIMILARITIES == rcreg.refinement.SIMILARITIES
-    assert choices.INITIAL_ALIGNMENTS == rcreg.preprocessing.ALIGNMENTS
+    assert choices.REFINE_SIMILARITIES == rcreg.options.SIMILARITIES
+    assert choices.INITIAL_ALIGNMENTS == rcreg.options.ALIGNMENTS
     assert choices.NO_MODEL == rcreg.registration.NO_MODEL
 
 

@@ -35,8 +35,9 @@ class TrainConfig:
     # data
     train: Optional[str] = _opt(None, "training images: a folder, a glob pattern ('data/*.nii.gz'), a CSV or a JSON "
                                       "list (columns image[,labels,landmarks]; for mode paired fixed,moving[,fixed_labels,"
-                                      "moving_labels]); several lists separated by ';' are pooled, and pairwise mode then pairs images only "
-                                      "within one list (e.g. skull-stripped and skull-on scans)", "data")
+                                      "moving_labels]); several lists separated by ';' are pooled, and pairwise "
+                                      "mode then pairs images only within one list (e.g. skull-stripped and "
+                                      "skull-on scans)", "data")
     val: Optional[str] = _opt(None, "validation images or pairs in the same formats, with label maps; scored every "
                                     "--val-every steps (Dice picks the best checkpoint)", "data")
     mode: Literal["pairwise", "atlas", "paired"] = _opt(
@@ -163,7 +164,7 @@ class TrainConfig:
             raise ConfigError(f"grid must be three sizes ≥ 8, got {self.grid}")
         if self.lr <= 0 or self.width <= 0:
             raise ConfigError("lr and width must be > 0")
-        if self.ncc_window < 1 or self.ncc_window % 2 == 0:
+        if self.ncc_window < 1 or self.ncc_window % 2 == 0:  # the rule of rcreg.losses.check_ncc_window
             raise ConfigError(f"ncc_window must be a positive odd number of voxels, got {self.ncc_window}")
         if not 0.0 <= self.contrast <= 1.0:
             raise ConfigError(f"contrast must be a share in [0, 1], got {self.contrast}")

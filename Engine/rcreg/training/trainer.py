@@ -30,7 +30,7 @@ from . import distributed
 from .augmentation import AugmentationSettings, augment_intensity, augment_spatial, random_contrast
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
-from .evaluation import UNREGISTERED, score_pair, mean_std
+from .evaluation import UNREGISTERED, mean_std, score_pair
 from .logbook import TrainingLog
 from .state import capture_rng, export_inference, learning_rate, restore_rng, step_generator
 
