@@ -7,7 +7,8 @@ number of steps, with the same data, seed and schedule; one variant changes one 
 with ``refine=0`` (the network alone) on the accuracy benchmark's held-out cases of its domain
 (benchmarks/accuracy_cases.py) and on *self-registration*: an image registered to itself, where the right
 answer is no motion (mean |u| over the image's foreground, mm). A finished variant is skipped and an
-interrupted one resumed, so the command can be re-run; the table goes to docs/ablations.md.
+interrupted one resumed, so the command can be re-run; the table of every finished variant goes to
+docs/ablations.md.
 
     .venv/bin/python benchmarks/ablations.py [--domain brain|ct] [--steps 1000] [--only NAME ...] [--jobs 2]
 """
@@ -45,6 +46,12 @@ V1 = {"brain": "brain_mr_t1", "ct": "chest_ct"}
 #: Images registered to themselves (sample-data names; resampled to 2 / 2.5 mm like the benchmark cases).
 SELF = {"brain": ("colin27_t1_brain", "colin27_t1"), "ct": ("lung2_ct",)}
 
+#: The options of the v1 models' last training stage that differ from the v2 base configs.
+V1_RECIPE: dict[str, dict] = {
+    "brain": {"similarity": "pearson", "contrast": 0.0, "identity_pairs": 0.15,
+              "train": "sample:fsl_mni152_1mm_brain,cat12_t1_brain,fsl_mni152_1mm_brain,cat12_t1_brain"},
+    "ct": {"similarity": "pearson", "identity_pairs": 0.15, "ffd_amplitude": 5.0},
+}
 #: Variants: the options each changes in its domain's base config ({} = the base itself).
 VARIANTS: dict[str, dict[str, dict]] = {
     "brain": {
@@ -58,16 +65,19 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "grid 80³": {"grid": [80, 80, 80]},
         "diffeomorphic cascades": {"diffeomorphic": True},
         "lr 2e-5": {"lr": 2e-5},
-        "v1 recipe continued (control)": {"similarity": "pearson", "contrast": 0.0, "identity_pairs": 0.15,
-                                          "train": "sample:fsl_mni152_1mm_brain,cat12_t1_brain,fsl_mni152_1mm_brain,"
-                                                   "cat12_t1_brain"},
+        "synthetic pairs 0.5, field weight 1": {"synthetic_pairs": 0.5, "field_weight": 1.0},
+        "v1 recipe continued (control)": V1_RECIPE["brain"],
+        "v1 recipe + synthetic pairs 0.5, field weight 1": {**V1_RECIPE["brain"], "synthetic_pairs": 0.5,
+                                                            "field_weight": 1.0},
     },
     "ct": {
         "base (ncc 7, reg 1, identity 0.25)": {},
         "pearson (v1 loss)": {"similarity": "pearson"},
         "no identity pairs": {"identity_pairs": 0.0},
         "lr 2e-5": {"lr": 2e-5},
-        "v1 recipe continued (control)": {"similarity": "pearson", "identity_pairs": 0.15, "ffd_amplitude": 5.0},
+        "synthetic pairs 0.5, field weight 1": {"synthetic_pairs": 0.5, "field_weight": 1.0},
+        "v1 recipe continued (control)": V1_RECIPE["ct"],
+        "v1 recipe + synthetic pairs 0.5, field weight 1": {**V1_RECIPE["ct"], "synthetic_pairs": 0.5, "field_weight": 1.0},
     },
 }
 
@@ -160,12 +170,15 @@ def main(argv=None) -> int:
     names = args.only or list(VARIANTS[args.domain])
     jobs = [(args.domain, n, args.steps, str(args.output)) for n in names]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        exports = dict(zip(names, pool.map(_train, jobs, chunksize=1)))
+        pool.map(_train, jobs, chunksize=1)
     import torch
 
     torch.set_num_threads(2)
+    # The table has every finished variant (those of earlier runs too), in the order of VARIANTS.
+    exports = {n: export for n in VARIANTS[args.domain]
+               if (export := args.output / args.domain / slug(n) / "model_fp16.pt").is_file()}
     results = {f"v1 (`{V1[args.domain]}`, no fine-tuning)": evaluate(args.domain, V1[args.domain])}
-    results.update({n: evaluate(args.domain, exports[n]) for n in names})
+    results.update({n: evaluate(args.domain, str(export)) for n, export in exports.items()})
     raw = args.output / f"{args.domain}_results.json"
     raw.write_text(json.dumps(results, indent=1))
     section = table(args.domain, results, f"{args.domain} ({args.steps} steps each from `{V1[args.domain]}`)")

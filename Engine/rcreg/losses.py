@@ -213,6 +213,21 @@ def dice_loss(warped: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-6) -> t
     return 1.0 - dice.mean()
 
 
+def field_loss(flow: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean endpoint error ``|flow − target|`` (voxels): ``Σ w·|flow − target| / Σ w``.
+
+    flow, target: pull-back flows ``(B, 3, X, Y, Z)`` in voxels; weights: ``(B, 1, X, Y, Z)`` ≥ 0, zero
+    where ``target`` is not the true field (a pair of two subjects, or the empty background where the
+    images say nothing about it). Zero (still connected to ``flow``'s graph, as DDP needs) when all are.
+    """
+    if flow.shape != target.shape or weights.shape != (flow.shape[0], 1, *flow.shape[2:]):
+        raise ValueError(f"need flow and target (B, 3, X, Y, Z) and weights (B, 1, X, Y, Z), got "
+                         f"{tuple(flow.shape)}, {tuple(target.shape)}, {tuple(weights.shape)}")
+    error = ((flow.float() - target.float()).square().sum(dim=1, keepdim=True) + 1e-8).sqrt()
+    weights = weights.to(error.dtype)
+    return (error * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 SIMILARITY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "pearson": pearson_loss,
     "ncc": local_ncc_loss,
@@ -232,6 +247,9 @@ class RegistrationLoss(nn.Module):
     ``affine_similarity_weight > 0`` (not in the paper, which scores the final warp only) also scores
     the moving image warped by the affine cascade alone, giving that cascade an objective of its own;
     it needs ``moving``.
+
+    ``field_weight > 0`` (not in the paper) adds :func:`field_loss`: the endpoint error of the composed
+    flow against the true field of the pairs where it is known (synthetic and identity pairs in training).
     """
 
     def __init__(
@@ -243,6 +261,7 @@ class RegistrationLoss(nn.Module):
         dice_weight: float = 0.0,
         affine_similarity_weight: float = 0.0,
         ncc_window: int = 9,
+        field_weight: float = 0.0,
     ):
         super().__init__()
         if similarity not in SIMILARITY_LOSSES:
@@ -256,6 +275,7 @@ class RegistrationLoss(nn.Module):
         self.ortho_weight = ortho_weight
         self.dice_weight = dice_weight
         self.affine_similarity_weight = affine_similarity_weight
+        self.field_weight = field_weight
 
     def forward(
         self,
@@ -264,8 +284,14 @@ class RegistrationLoss(nn.Module):
         warped_labels: Optional[torch.Tensor] = None,
         fixed_labels: Optional[torch.Tensor] = None,
         moving: Optional[torch.Tensor] = None,
+        known_flow: Optional[torch.Tensor] = None,
+        known_weights: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return ``(total, terms)``: the scalar loss to back-propagate and its unweighted parts as floats."""
+        """Return ``(total, terms)``: the scalar loss to back-propagate and its unweighted parts as floats.
+
+        ``known_flow`` ``(B, 3, X, Y, Z)`` and ``known_weights`` ``(B, 1, X, Y, Z)`` are the true fields and
+        where they hold (:func:`field_loss`), for ``field_weight > 0``.
+        """
         terms = {"similarity": self.similarity_fn(fixed, output.warped)}
         if output.stage_flows:
             terms["smoothness"] = torch.stack([smoothness_loss(f) for f in output.stage_flows]).sum()
@@ -281,9 +307,13 @@ class RegistrationLoss(nn.Module):
             if warped_labels is None or fixed_labels is None:
                 raise ValueError("dice_weight > 0 needs warped_labels and fixed_labels")
             terms["dice"] = dice_loss(warped_labels, fixed_labels)
+        if self.field_weight > 0:
+            if known_flow is None or known_weights is None:
+                raise ValueError("field_weight > 0 needs known_flow and known_weights")
+            terms["field"] = field_loss(output.flow, known_flow, known_weights)
         weights = {"similarity": 1.0, "smoothness": self.reg_weight, "det": self.det_weight,
                    "ortho": self.ortho_weight, "dice": self.dice_weight,
-                   "affine_similarity": self.affine_similarity_weight}
+                   "affine_similarity": self.affine_similarity_weight, "field": self.field_weight}
         total = sum(weights[name] * value for name, value in terms.items())
         report = {name: float(value.detach()) for name, value in terms.items()}
         report["total"] = float(total.detach())

@@ -6,7 +6,9 @@ import torch
 from rcreg.losses import (
     affine_determinant_loss,
     affine_orthogonality_loss,
+    RegistrationLoss,
     dice_loss,
+    field_loss,
     local_ncc_loss,
     mse_loss,
     pearson_loss,
@@ -146,3 +148,39 @@ def test_registration_loss_ncc_window_reaches_local_ncc():
     assert RegistrationLoss("ncc", ncc_window=3)(output, fixed)[1] != RegistrationLoss("ncc", ncc_window=7)(output, fixed)[1]
     with pytest.raises(ValueError, match="odd"):
         RegistrationLoss("ncc", ncc_window=4)
+
+
+def test_field_loss_is_the_weighted_mean_endpoint_error(rng):
+    target = torch.from_numpy(rng.normal(size=(3, 3, 4, 5, 6))).float()
+    offset = torch.tensor([3.0, 4.0, 0.0]).view(1, 3, 1, 1, 1)
+    flow = target + offset  # every voxel 5 voxels off in the first two pairs ...
+    flow[2] = target[2] + 100.0  # ... and far off in the third, whose field is unknown
+    weights = torch.ones(3, 1, 4, 5, 6)
+    weights[2] = 0.0
+    assert float(field_loss(flow, target, weights)) == pytest.approx(5.0, rel=1e-5)
+    weights = torch.from_numpy(rng.uniform(size=(3, 1, 4, 5, 6))).float()
+    error = np.sqrt(((flow - target).numpy() ** 2).sum(axis=1, keepdims=True))  # numpy reference
+    expected = (error * weights.numpy()).sum() / weights.numpy().sum()
+    assert float(field_loss(flow, target, weights)) == pytest.approx(expected, rel=1e-5)
+    flow.requires_grad_(True)
+    none = field_loss(flow, target, torch.zeros(3, 1, 4, 5, 6))
+    none.backward()  # no known field: zero, still connected to the graph
+    assert float(none) == 0.0 and flow.grad is not None and float(flow.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="weights"):
+        field_loss(flow, target, torch.ones(3))
+
+
+def test_registration_loss_adds_the_weighted_field_term():
+    from rcreg.cascade import CascadeOutput
+
+    flow = torch.zeros(1, 3, 6, 6, 6)
+    flow[:, 0] = 2.0
+    image = torch.rand(1, 1, 6, 6, 6)
+    output = CascadeOutput(flow=flow, warped=image, stage_flows=[flow])
+    plain, _ = RegistrationLoss(similarity="mse")(output, image)
+    total, terms = RegistrationLoss(similarity="mse", field_weight=0.5)(
+        output, image, known_flow=torch.zeros_like(flow), known_weights=torch.ones(1, 1, 6, 6, 6))
+    assert terms["field"] == pytest.approx(2.0, rel=1e-5)
+    assert float(total) == pytest.approx(float(plain) + 1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="known_flow"):
+        RegistrationLoss(field_weight=0.5)(output, image)

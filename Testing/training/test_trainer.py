@@ -237,12 +237,12 @@ def test_identity_pairs_share_and_labels():
 
     fixed, moving = torch.zeros(400, 1, 2, 2, 2), torch.ones(400, 1, 2, 2, 2)
     fixed_labels, moving_labels = torch.full_like(fixed, 3, dtype=torch.long), torch.ones_like(fixed, dtype=torch.long)
-    out, out_labels = _identity_pairs(fixed, moving, fixed_labels, moving_labels, 0.25, torch.Generator().manual_seed(0))
+    out, out_labels, _ = _identity_pairs(fixed, moving, fixed_labels, moving_labels, 0.25, torch.Generator().manual_seed(0))
     same = (out == 0).flatten(1).all(1)
     assert ((out == 0) | (out == 1)).all() and (out.flatten(1).amin(1) == out.flatten(1).amax(1)).all()
     assert 0.18 < same.float().mean() < 0.32  # about a quarter of the pairs became identity pairs
     assert torch.equal(out_labels.flatten(1)[:, 0] == 3, same)  # labels follow their images
-    none, _ = _identity_pairs(fixed, moving, None, None, 0.0, torch.Generator().manual_seed(0))
+    none, _, _ = _identity_pairs(fixed, moving, None, None, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(none, moving)
 
 
@@ -280,3 +280,50 @@ def test_a_killed_runs_temporary_checkpoint_is_removed_on_resume(tiny_config, tm
     config.resume = True
     train(config)
     assert not stale.exists() and load_checkpoint(tmp_path / "run" / "last.pt")["training"]["step"] > 3
+
+
+def test_synthetic_and_identity_pairs_carry_their_true_field(tiny_config, monkeypatch):
+    """What the field loss is given is the true field: for a synthetic pair the fixed image the network sees
+    is its moving image resampled (scipy, trilinear) at p + u(p); for an identity pair u = 0 and the two
+    images are equal; other pairs are marked unknown."""
+    from scipy.ndimage import map_coordinates
+
+    import rcreg.training.trainer as trainer
+    from rcreg.losses import RegistrationLoss
+
+    seen = []
+    real_loss = RegistrationLoss.forward
+
+    def loss(self, output, fixed, warped_labels=None, fixed_labels=None, moving=None, known_flow=None,
+             known_weights=None):
+        known = known_weights.flatten(1).amax(1) > 0
+        seen.append((fixed.detach().clone(), moving.detach().clone(), known_flow.clone(), known))
+        return real_loss(self, output, fixed, warped_labels, fixed_labels, moving, known_flow, known_weights)
+
+    monkeypatch.setattr(trainer.RegistrationLoss, "forward", loss)
+    train(tiny_config(iterations=6, val=None, batch_size=4, synthetic_pairs=0.5, identity_pairs=0.25,
+                      field_weight=1.0, gamma=0, bias_field=0, noise=0, ffd_amplitude=2.0))
+    kinds = {"synthetic": 0, "identity": 0, "unknown": 0}
+    for fixed, moving, flows, known in seen:
+        for f, m, u, k in zip(fixed[:, 0].numpy(), moving[:, 0].numpy(), flows.numpy(), known.numpy()):
+            if not k:
+                kinds["unknown"] += 1
+            elif not u.any():
+                kinds["identity"] += 1
+                np.testing.assert_array_equal(f, m)
+            else:
+                kinds["synthetic"] += 1
+                points = np.indices(f.shape, dtype=np.float64) + u
+                expected = map_coordinates(m.astype(np.float64), points, order=1, mode="constant", cval=0.0)
+                assert np.abs(expected - f).max() < 1e-4
+                assert np.abs(m - f).mean() > 1e-3  # and the pair does need a deformation
+    assert min(kinds.values()) > 0, kinds
+
+
+def test_field_weight_needs_pairs_with_a_known_field(tiny_config):
+    from rcreg.training.config import ConfigError
+    with pytest.raises(ConfigError, match="field_weight"):
+        tiny_config(field_weight=1.0).check()
+    with pytest.raises(ConfigError, match="synthetic_pairs"):
+        tiny_config(synthetic_pairs=-0.1).check()
+    tiny_config(field_weight=1.0, synthetic_pairs=0.5).check()

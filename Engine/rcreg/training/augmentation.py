@@ -21,7 +21,9 @@ __all__ = [
     "random_smooth_field",
     "random_affine",
     "AugmentationSettings",
+    "random_spatial_flow",
     "augment_spatial",
+    "deform",
     "augment_intensity",
     "random_contrast",
 ]
@@ -150,30 +152,51 @@ class AugmentationSettings:
         return any(v > 0 for v in (self.ffd_amplitude, self.rotation, self.scaling, self.translation))
 
 
+def random_spatial_flow(
+    shape: Sequence[int],
+    settings: AugmentationSettings,
+    generator: Optional[torch.Generator] = None,
+    *,
+    batch: int = 1,
+    device=None,
+) -> torch.Tensor:
+    """Random pull-back flow ``(batch, 3, *shape)`` (voxels, fp32) of a random affine map after a smooth field.
+
+    ``u(p) = A(p + f(p)) + b − p`` on centred coordinates: the B-spline field f (:func:`bspline_field`,
+    control displacements uniform in ±``settings.ffd_amplitude``) followed by :func:`random_affine`, so an
+    image is resampled once. Zero when ``settings.spatial`` is off (no random numbers drawn).
+    """
+    if not settings.spatial:
+        return torch.zeros(batch, 3, *shape, device=device)
+    matrix, shift = random_affine(batch, settings.rotation, settings.scaling, settings.translation, generator)
+    coeffs = _control_displacements(batch, settings.ffd_control_points, settings.ffd_amplitude, generator)
+    matrix, shift = matrix.to(device), shift.to(device)
+    # A·f(p) is the B-spline of the control displacements multiplied by A (interpolation is linear).
+    return affine_flow(matrix, shift, shape) + bspline_field(apply_matrix(matrix, coeffs.to(device)), shape)
+
+
 def augment_spatial(
     image: torch.Tensor,
     labels: Optional[torch.Tensor],
     settings: AugmentationSettings,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Deform images ``(B, 1, X, Y, Z)`` (and their integer label maps, nearest neighbour) by a random field.
+    """Deform images ``(B, 1, X, Y, Z)`` (and their integer label maps, nearest neighbour) by a
+    :func:`random_spatial_flow`; returned unchanged when ``settings.spatial`` is off.
 
     Used for the moving image (the paper's augmentation) and, with the training option ``augment_fixed``,
     independently for the fixed image too.
-
-    The pull-back field is ``u(p) = A(p + f(p)) + b − p`` (centred coordinates): the smooth field f
-    followed by the random affine map, so the image is resampled once.
     """
     if not settings.spatial:
         return image, labels
-    batch, _, *shape = image.shape
-    matrix, shift = random_affine(batch, settings.rotation, settings.scaling, settings.translation, generator)
-    coeffs = _control_displacements(batch, settings.ffd_control_points, settings.ffd_amplitude, generator)
-    matrix, shift = matrix.to(image.device), shift.to(image.device)
-    # A·f(p) is the B-spline of the control displacements multiplied by A (interpolation is linear).
-    flow = affine_flow(matrix, shift, shape) + bspline_field(apply_matrix(matrix, coeffs.to(image.device)), shape)
-    warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
-    return warp(image, flow), warped_labels
+    flow = random_spatial_flow(image.shape[2:], settings, generator, batch=image.shape[0], device=image.device)
+    return deform(image, labels, flow)
+
+
+def deform(image: torch.Tensor, labels: Optional[torch.Tensor],
+           flow: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Images ``(B, C, X, Y, Z)`` warped (trilinear) and integer label maps (nearest) through ``flow``."""
+    return warp(image, flow), (warp(labels, flow, mode="nearest") if labels is not None else None)
 
 
 def augment_intensity(

@@ -81,6 +81,8 @@ class TrainConfig:
     affine_similarity: float = _opt(0.0, "weight of the similarity of the moving image warped by the affine cascade "
                                          "alone (not in the paper: gives the affine cascade its own objective)", "loss")
     dice_weight: float = _opt(0.0, "weight of a soft Dice loss on warped label maps (needs training labels)", "loss")
+    field_weight: float = _opt(0.0, "weight of the endpoint error (voxels) of the network's flow against the true "
+                                    "field, on the pairs where it is known (synthetic_pairs, identity_pairs)", "loss")
     # augmentation
     ffd_amplitude: float = _opt(4.0, "largest displacement (voxels) of the random B-spline deformation of the moving "
                                      "image; 0 = off", "augmentation")
@@ -95,6 +97,10 @@ class TrainConfig:
                                       "image itself, with its own intensity augmentation: teaches the network to "
                                       "output no deformation for aligned images (test-time repeats, later "
                                       "cascades)", "augmentation")
+    synthetic_pairs: float = _opt(0.0, "share of training pairs made of one image and a known random deformation "
+                                       "of it: fixed = the moving image after its spatial augmentation, moving = "
+                                       "the image before it; the true field then supervises the flow "
+                                       "(field_weight)", "augmentation")
     contrast: float = _opt(0.0, "share of pairs whose two images both get the same random intensity lookup table "
                                 "(background kept dark; SynthMorph-like contrast randomisation: T1, T2, PD, ...)",
                            "augmentation")
@@ -142,7 +148,8 @@ class TrainConfig:
         """Keyword arguments of :class:`~rcreg.losses.RegistrationLoss` for this configuration."""
         return dict(similarity=self.similarity, reg_weight=self.reg_weight, det_weight=self.det_weight,
                     ortho_weight=self.ortho_weight, dice_weight=self.dice_weight,
-                    affine_similarity_weight=self.affine_similarity, ncc_window=self.ncc_window)
+                    affine_similarity_weight=self.affine_similarity, ncc_window=self.ncc_window,
+                    field_weight=self.field_weight)
 
     def augmentation_kwargs(self) -> dict:
         """Keyword arguments of :class:`~rcreg.training.augmentation.AugmentationSettings` (same names)."""
@@ -168,8 +175,11 @@ class TrainConfig:
             raise ConfigError(f"ncc_window must be a positive odd number of voxels, got {self.ncc_window}")
         if not 0.0 <= self.contrast <= 1.0:
             raise ConfigError(f"contrast must be a share in [0, 1], got {self.contrast}")
-        if not 0.0 <= self.identity_pairs <= 1.0:
-            raise ConfigError(f"identity_pairs must be a share in [0, 1], got {self.identity_pairs}")
+        for name in ("identity_pairs", "synthetic_pairs"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be a share in [0, 1], got {getattr(self, name)}")
+        if self.field_weight > 0 and self.synthetic_pairs == 0 and self.identity_pairs == 0:
+            raise ConfigError("field_weight needs pairs whose field is known: set synthetic_pairs or identity_pairs > 0")
         if self.train is None:
             raise ConfigError("no training data: set `train` in the config or pass --train PATH")
         if self.mode == "atlas" and self.atlas is None:

@@ -27,7 +27,8 @@ from ..losses import RegistrationLoss
 from ..models import resolve_model
 from ..spatial import warp
 from . import distributed
-from .augmentation import AugmentationSettings, augment_intensity, augment_spatial, random_contrast
+from .augmentation import (AugmentationSettings, augment_intensity, augment_spatial, deform, random_contrast,
+                           random_spatial_flow)
 from .config import ConfigError, TrainConfig
 from .datasets import ImageEntry, TrainingPairs, Volume, VolumeCache, read_image_list, read_pair_list
 from .evaluation import UNREGISTERED, mean_std, score_pair
@@ -173,13 +174,43 @@ def _identity_pairs(fixed: torch.Tensor, moving: torch.Tensor, fixed_labels: Opt
     """Replace each pair's moving image ``(B, 1, X, Y, Z)`` (and labels) by its fixed one with probability ``share``.
 
     Such pairs need no deformation: they teach the network to leave aligned images alone, which is what a
-    later cascade, and every shared-weight repeat at test time, sees.
+    later cascade, and every shared-weight repeat at test time, sees. Returns the moving images, their
+    labels and which pairs were replaced ``(B,)`` (bool).
     """
-    same = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device).view(-1, 1, 1, 1, 1)
-    moving = torch.where(same, fixed, moving)
+    same = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device)
+    where = same.view(-1, 1, 1, 1, 1)
+    moving = torch.where(where, fixed, moving)
     if moving_labels is not None and fixed_labels is not None:
-        moving_labels = torch.where(same, fixed_labels, moving_labels)
-    return moving, moving_labels
+        moving_labels = torch.where(where, fixed_labels, moving_labels)
+    return moving, moving_labels, same
+
+
+#: Normalised intensity above which a voxel is image content, not background (images are in [0, 1]).
+FOREGROUND_LEVEL = 0.05
+
+
+def _foreground(images: torch.Tensor, margin: int = 2) -> torch.Tensor:
+    """``(B, 1, X, Y, Z)`` float mask of the voxels within ``margin`` voxels of image content: where a
+    pair's images say something about the field between them."""
+    content = (images > FOREGROUND_LEVEL).float()
+    return torch.nn.functional.max_pool3d(content, 2 * margin + 1, stride=1, padding=margin)
+
+
+def _synthetic_pairs(fixed: torch.Tensor, fixed_labels: Optional[torch.Tensor], deformed: torch.Tensor,
+                     deformed_labels: Optional[torch.Tensor], source: torch.Tensor,
+                     source_labels: Optional[torch.Tensor], share: float, generator: torch.Generator):
+    """With probability ``share`` per pair, make it *synthetic*: fixed = ``deformed`` (the moving image after
+    its spatial augmentation), moving = ``source`` (the same image before it), whose true pull-back field is
+    that augmentation's flow. Images ``(B, 1, X, Y, Z)``; returns (fixed, fixed labels, moving, moving
+    labels, which pairs were made synthetic ``(B,)`` bool)."""
+    chosen = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device)
+    where = chosen.view(-1, 1, 1, 1, 1)
+
+    def pick(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if a is None or b is None else torch.where(where, a, b)
+
+    return (torch.where(where, deformed, fixed), pick(deformed_labels, fixed_labels),
+            torch.where(where, source, deformed), pick(source_labels, deformed_labels), chosen)
 
 
 class _Run:
@@ -289,13 +320,24 @@ class _Run:
         config, device = self.config, self.ctx.device
         gen = step_generator(config.seed, self.ctx.rank, self.step)
         batch = self.data.sample(config.batch_size, gen).to(device)
-        moving, moving_labels = augment_spatial(batch.moving, batch.moving_labels, self.augment, gen)
+        moving_flow = random_spatial_flow(batch.moving.shape[2:], self.augment, gen, batch=batch.moving.shape[0],
+                                          device=device)
+        moving, moving_labels = deform(batch.moving, batch.moving_labels, moving_flow)
         fixed, fixed_labels = batch.fixed, batch.fixed_labels
         if config.augment_fixed:
             fixed, fixed_labels = augment_spatial(fixed, fixed_labels, self.augment, gen)
+        known = torch.zeros(moving.shape[0], dtype=torch.bool, device=device)  # pairs whose true field is known
+        known_flow = torch.zeros_like(moving_flow)
+        if config.synthetic_pairs > 0:
+            fixed, fixed_labels, moving, moving_labels, known = _synthetic_pairs(
+                fixed, fixed_labels, moving, moving_labels, batch.moving, batch.moving_labels,
+                config.synthetic_pairs, gen)
+            known_flow = torch.where(known.view(-1, 1, 1, 1, 1), moving_flow, known_flow)
         if config.identity_pairs > 0:
-            moving, moving_labels = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
-                                                    config.identity_pairs, gen)
+            moving, moving_labels, same = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
+                                                          config.identity_pairs, gen)
+            known, known_flow = known | same, torch.where(same.view(-1, 1, 1, 1, 1), 0.0, known_flow)
+        known_weights = known.view(-1, 1, 1, 1, 1) * _foreground(fixed)
         if self.augment.contrast > 0:
             fixed, moving = random_contrast(fixed, moving, self.augment.contrast, gen)
         fixed = augment_intensity(fixed, self.augment, gen)
@@ -311,7 +353,7 @@ class _Run:
         if config.dice_weight > 0:
             warped_onehot = warp(_one_hot(moving_labels, self.label_values), out.flow)
             fixed_onehot = _one_hot(fixed_labels, self.label_values)
-        total, terms = self.loss(out, fixed, warped_onehot, fixed_onehot, moving)
+        total, terms = self.loss(out, fixed, warped_onehot, fixed_onehot, moving, known_flow, known_weights)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
