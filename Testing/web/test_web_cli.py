@@ -77,6 +77,16 @@ def test_whole_number_options():
         _whole_number("two", "cascades", "all")
 
 
+def test_positive_number_options():
+    from rcreg.web.app import _positive_number
+
+    assert _positive_number("default", "refinement weight", "default") is None
+    assert _positive_number(" 2.5 ", "refinement weight", "default") == 2.5
+    for bad in ("0", "-1", "nan", "inf", "heavy"):
+        with pytest.raises(ValueError, match=f"^refinement weight must be 'default' or a number > 0, got '{bad}'$"):
+            _positive_number(bad, "refinement weight", "default")
+
+
 def test_one_slicer_core_version_for_the_project():
     """The Slicer module's tests (test extra) and the web app (web extra) pin the same slicer-core, installed."""
     import importlib.metadata

@@ -50,6 +50,20 @@ def _whole_number(text: Any, name: str, default_word: str) -> Optional[int]:
     return int(text)
 
 
+def _positive_number(text: Any, name: str, default_word: str) -> Optional[float]:
+    """``None`` for ``default_word`` (or empty), else ``text`` as a float > 0; ValueError naming ``name`` otherwise."""
+    text = str(text if text is not None else "").strip()
+    if text in ("", default_word):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be '{default_word}' or a number > 0, got '{text}'")
+    return value
+
+
 class RegistrationApp:
     """Builds the page on ``server`` and keeps its state: files offered from ``data_dir``, the sample pair and
     uploads (saved in ``work_dir``), the loaded images, the page's nodes and the last run's results."""
@@ -105,6 +119,7 @@ class RegistrationApp:
         state.alignments = list(choices.INITIAL_ALIGNMENTS)
         state.similarities = [choices.DEFAULT, *choices.REFINE_SIMILARITIES]
         state.update({"model": choices.DEFAULT, "cascades": "all", "repeat": "1", "refine_iterations": "default",
+                      "refine_weight": "default", "refine_levels": "default", "refine_spacing": "default",
                       "initial_alignment": "none", "refine_similarity": choices.DEFAULT,
                       "device": "auto", "diffeomorphic": False, "fade": 0.5, "show_grid": True,
                       "show_segmentation": True, "running": False, "progress": 0, "status": "", "error": "",
@@ -248,6 +263,9 @@ class RegistrationApp:
                 "repeat": 1 if repeat is None else repeat,
                 "refineIterations": _whole_number(state.refine_iterations, "refinement iterations", "default"),
                 "refineSimilarity": None if state.refine_similarity == choices.DEFAULT else str(state.refine_similarity),
+                "refineWeight": _positive_number(state.refine_weight, "refinement weight", "default"),
+                "refineLevels": _whole_number(state.refine_levels, "refinement levels", "default"),
+                "refineSpacing": _positive_number(state.refine_spacing, "refinement spacing (mm)", "default"),
                 "initialAlignment": str(state.initial_alignment),
                 "diffeomorphic": bool(state.diffeomorphic), "device": str(state.device)}
 

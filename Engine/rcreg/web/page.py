@@ -65,6 +65,12 @@ def _options() -> None:
         with v.VCol():
             v.VSelect(v_model=("refine_similarity", "default"), items=("similarities",), label="Refinement similarity",
                       id="refine-similarity", density="compact", disabled=("running",), hide_details=True)
+    with v.VRow(dense=True):
+        for key, label in (("refine_weight", "Refinement weight"), ("refine_levels", "Refinement levels"),
+                           ("refine_spacing", "Finest spacing (mm)")):
+            with v.VCol():
+                v.VTextField(v_model=(key, "default"), label=label, id=key.replace("_", "-"), density="compact",
+                             disabled=("running",), hide_details=True)
     v.VCheckbox(v_model=("diffeomorphic", False), label="Diffeomorphic refinement", id="diffeomorphic",
                 density="compact", disabled=("running",), hide_details=True)
 
