@@ -32,7 +32,8 @@ KEYS = ("dice_mean", "hd95_mm", "field_error_mm", "folding_pct", "sdlogj", "corr
 
 def _row(rows: list[dict], **fields) -> Optional[dict]:
     """The scores of the first benchmark row whose fields (accuracy_methods.Method.fields) equal ``fields``."""
-    found = next((r for r in rows if all(r.get(k) == v for k, v in fields.items())), None)
+    fields.setdefault("previous", "")  # the current model's rows, not those kept of an earlier one
+    found = next((r for r in rows if all(r.get(k, "") == v for k, v in fields.items())), None)
     return {k: found[k] for k in KEYS if k in found} if found is not None else None
 
 

@@ -164,9 +164,14 @@ def main(argv=None) -> int:
     parser.add_argument("--series", nargs="+", type=Path, metavar="MODEL",
                         help="instead: score brain models trained separately with different cascade counts "
                              "(benchmarks/cascade_series.py), the first at repeats r = 1…4, the others at r = 1")
+    parser.add_argument("--runs", nargs="+", metavar="LABEL=MODEL",
+                        help="instead: score these models (longer runs of a recipe; files or bundled names) beside "
+                             "v1, into the report's 'runs' section of --domain")
     args = parser.parse_args(argv)
     if args.series:
         return score_series(args.series, args.report)
+    if args.runs:
+        return score_runs(args.domain, dict(item.split("=", 1) for item in args.runs), args.report)
     names = args.only or list(VARIANTS[args.domain])
     jobs = [(args.domain, n, args.steps, str(args.output)) for n in names]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -185,6 +190,20 @@ def main(argv=None) -> int:
     write_section(args.report, args.domain, section)
     print(section)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {args.report} ({raw})")
+    return 0
+
+
+def score_runs(domain: Domain, models: dict[str, str], report: Path) -> int:
+    """Network-only scores of longer training runs (``{label: model}``) beside v1, in the ``runs-DOMAIN`` section."""
+    import torch
+
+    torch.set_num_threads(2)
+    results = {f"v1 (`{V1[domain]}`)": evaluate(domain, V1[domain])}
+    results.update({label: evaluate(domain, model) for label, model in models.items()})
+    section = table(domain, results, f"{domain}: longer runs")
+    write_section(report, f"runs-{domain}", section)
+    print(section)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}")
     return 0
 
 

@@ -93,6 +93,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brain-model", default="brain_mr_t1", help="installed model name or checkpoint path")
     parser.add_argument("--ct-model", default="chest_ct", help="installed model name or checkpoint path")
+    parser.add_argument("--previous", nargs=2, action="append", default=[], metavar=("NAME", "MODEL"),
+                        help="an earlier model (checkpoint path) kept for comparison, e.g. --previous v1 "
+                             "runs/keep/brain_mr_t1_v1.pt: its network-only and default rows, in its own "
+                             "domain (from its card's modality)")
     parser.add_argument("--quick", action="store_true", help="coarser grids, fewer cases and rows (a smoke run)")
     parser.add_argument("--no-baselines", action="store_true", help="skip ANTs SyN and elastix")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
@@ -110,6 +114,12 @@ def main(argv=None) -> int:
     models = {"brain": model_summary(args.brain_model), "ct": model_summary(args.ct_model)}
     specs = {"brain": args.brain_model, "ct": args.ct_model}
     n_cascades = {d: m["n"] or 0 for d, m in models.items()}
+    previous = {}
+    for name, spec in args.previous:
+        info = model_summary(spec)
+        domain = "brain" if json.loads(info["summary"]).get("modality") == "MR" else "ct"
+        previous[domain] = (name, spec, info["n"] or 0, info["default_refine"])
+        models[f"{domain} ({name})"] = info
     load_before = os.getloadavg()[0]
 
     print("preparing cases …", flush=True)
@@ -118,7 +128,8 @@ def main(argv=None) -> int:
     for case in cases:
         info, rows = models[case.domain], []
         for method in methods(specs[case.domain], n_cascades[case.domain], info["affine"], info["default_refine"],
-                              quick=args.quick, baselines=not args.no_baselines):
+                              quick=args.quick, baselines=not args.no_baselines,
+                              previous=previous.get(case.domain)):
             field, seconds = method.run(case)
             row = {**method.fields(), **score(case, field, seconds)}
             rows.append(row)

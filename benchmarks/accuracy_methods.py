@@ -40,6 +40,7 @@ class Method:
     diffeomorphic: bool = False
     network: bool = True
     default_refine: int = 0  # the card's default budget, for labels
+    previous: str = ""  # the name of an earlier model these rows are kept for (e.g. "v1"); "" = the current one
 
     @property
     def label(self) -> str:
@@ -52,14 +53,14 @@ class Method:
         if not self.network:
             return "refinement only" + suffix
         base = "affine (ours, 0 cascades)" if self.cascades == 0 else f"ours {self.cascades}×{self.repeat}"
-        return base + (" + refine" + suffix if iterations else "")
+        return base + (" + refine" + suffix if iterations else "") + (f" [{self.previous} model]" if self.previous else "")
 
     def fields(self) -> dict:
         """The method as row fields (the JSON keeps these; nothing parses labels)."""
         return {"method": self.label, "family": self.family, "cascades": self.cascades, "repeat": self.repeat,
                 "refine": self.default_refine if self.refine is None else self.refine,
                 "default_refine": self.refine is None and self.family == "ours",
-                "diffeomorphic": self.diffeomorphic, "network": self.network}
+                "diffeomorphic": self.diffeomorphic, "network": self.network, "previous": self.previous}
 
 
 def identity(case: Case) -> tuple[sitk.Image, float]:
@@ -86,9 +87,12 @@ def ours(model: str, cascades: Optional[int], repeat: int, refine: Optional[int]
     return run
 
 
-def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool, baselines: bool) -> list[Method]:
+def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool, baselines: bool,
+            previous: Optional[tuple[str, str, int, int]] = None) -> list[Method]:
     """Every method of a domain whose model is ``spec`` (``n`` deformable cascades, an affine one if
-    ``affine``; its card refines ``default_refine`` iterations by default)."""
+    ``affine``; its card refines ``default_refine`` iterations by default). ``previous`` = (name, model,
+    its n, its default refinement) of an earlier model, kept for comparison: its network alone and its
+    default registration."""
     def mine(cascades, repeat=1, refine=0, diffeomorphic=False, model=spec):
         return Method("ours", ours(model, cascades if model != NO_MODEL else None, repeat, refine, diffeomorphic),
                       cascades, repeat, refine, diffeomorphic, model != NO_MODEL, default_refine)
@@ -103,6 +107,11 @@ def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool
     out += [mine(n, refine=None, diffeomorphic=True), mine(None, refine=None, model=NO_MODEL)]
     if not quick:
         out.append(mine(None, refine=2 * default_refine, model=NO_MODEL))
+    if previous is not None:
+        name, model, n_previous, refine_previous = previous
+        for refine in (0, None):
+            out.append(Method("ours", ours(model, n_previous, 1, refine), n_previous, 1, refine,
+                              default_refine=refine_previous, previous=name))
     if baselines:
         out += [Method("ANTs SyN", ants_syn), Method("elastix", elastix)]
     return out

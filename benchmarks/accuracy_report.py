@@ -83,17 +83,18 @@ def plot(results: Results, path: Path) -> None:
 
 def _pick(rows: list[dict], **fields) -> Optional[dict]:
     """The first row whose fields equal ``fields``."""
-    return next((r for r in rows if all(r.get(k) == v for k, v in fields.items())), None)
+    return next((r for r in rows if all(r.get(k, "") == v for k, v in fields.items())), None)  # "": older rows have no "previous"
 
 
 def default_row(rows: list[dict]) -> Optional[dict]:
     """``rcreg register`` as a user runs it: all cascades once, the card's default refinement."""
-    return _pick(rows, family="ours", network=True, repeat=1, default_refine=True, diffeomorphic=False)
+    return _pick(rows, family="ours", network=True, repeat=1, default_refine=True, diffeomorphic=False, previous="")
 
 
-def network_row(rows: list[dict], n: int) -> Optional[dict]:
-    """The network alone, all ``n`` cascades once."""
-    return _pick(rows, family="ours", network=True, cascades=n, repeat=1, refine=0)
+def network_row(rows: list[dict], n: Optional[int], previous: str = "") -> Optional[dict]:
+    """The network alone, all ``n`` cascades once (of the earlier model ``previous``, if given; then any n)."""
+    fields = {"cascades": n} if n is not None else {}
+    return _pick(rows, family="ours", network=True, repeat=1, refine=0, previous=previous, **fields)
 
 
 def against_targets(results: Results, n_cascades: dict) -> list[str]:
@@ -116,6 +117,11 @@ def against_targets(results: Results, n_cascades: dict) -> list[str]:
         network = (f"; the network alone: Dice {net['dice_mean']:.3f}" +
                    (f", field error {net['field_error_mm']:.2f} mm" if "field_error_mm" in net else "") +
                    f" in {net['seconds']:.1f} s") if net else ""
+        earlier = next((r for r in rows if r.get("previous")), None)
+        old = network_row(rows, None, earlier["previous"]) if earlier else None
+        if old:
+            network += (f" (the {old['previous']} model alone: Dice {old['dice_mean']:.3f}" +
+                        (f", field error {old['field_error_mm']:.2f} mm" if "field_error_mm" in old else "") + ")")
         lines.append(
             f"- {case.name} ({case.kind}): default ({mine['method']}) Dice {mine['dice_mean']:.3f} vs SyN "
             f"{syn['dice_mean']:.3f} (Δ {mine['dice_mean'] - syn['dice_mean']:+.3f}){error}, {mine['seconds']:.1f} s vs "
@@ -134,7 +140,8 @@ def claims(results: Results) -> list[str]:
     """Dice along k (cascades used) and correlation along r (repeats), network only, per case."""
     lines = []
     for case, rows in results:
-        network = [r for r in rows if r["family"] == "ours" and r["network"] and not r["refine"] and r["cascades"]]
+        network = [r for r in rows if r["family"] == "ours" and r["network"] and not r["refine"] and r["cascades"]
+                   and not r.get("previous")]
         if not network:
             continue
         n = max(r["cascades"] for r in network)

@@ -22,10 +22,11 @@ def bundle():
     return module
 
 
-def _row(family, dice, cascades=None, refine=0, default_refine=False):
-    return {"method": f"{family} {cascades}", "family": family, "cascades": cascades, "repeat": 1, "refine": refine,
-            "default_refine": default_refine, "diffeomorphic": False, "network": True, "dice_mean": dice,
-            "hd95_mm": 2.0, "folding_pct": 0.0, "sdlogj": 0.1, "correlation": 0.9, "seconds": 0.5, "dice": {"a": dice}}
+def _row(family, dice, cascades=None, refine=0, default_refine=False, previous=None):
+    row = {"method": f"{family} {cascades}", "family": family, "cascades": cascades, "repeat": 1, "refine": refine,
+           "default_refine": default_refine, "diffeomorphic": False, "network": True, "dice_mean": dice,
+           "hd95_mm": 2.0, "folding_pct": 0.0, "sdlogj": 0.1, "correlation": 0.9, "seconds": 0.5, "dice": {"a": dice}}
+    return row if previous is None else {**row, "previous": previous}  # older reports have no "previous"
 
 
 def test_bundle_writes_fp16_model_with_evaluation(bundle, tmp_path, monkeypatch):
@@ -35,8 +36,10 @@ def test_bundle_writes_fp16_model_with_evaluation(bundle, tmp_path, monkeypatch)
     save_checkpoint(tmp_path / "last.pt", network, {"name": "run", "modality": "MR", "validation": {}})
     report = {"env": {"date": "2026-11-24 12:00 UTC"}, "cases": [
         {"name": "brain case", "kind": "synthetic", "domain": "brain", "note": "held out",
-         "rows": [_row("identity", 0.5), _row("ours", 0.6, 1), _row("ours", 0.7, 2),
-                  _row("ours", 0.85, 2, refine=10, default_refine=True), _row("ANTs SyN", 0.8)]},
+         "rows": [_row("identity", 0.5), _row("ours", 0.3, 2, previous="v1"),  # an earlier model's rows: not this one's
+                  _row("ours", 0.35, 2, refine=10, default_refine=True, previous="v1"), _row("ours", 0.6, 1),
+                  _row("ours", 0.7, 2, previous=""), _row("ours", 0.85, 2, refine=10, default_refine=True),
+                  _row("ANTs SyN", 0.8)]},
         {"name": "ct case", "kind": "real", "domain": "ct", "note": "", "rows": [_row("ours", 0.1, 2)]}]}
     (tmp_path / "bench.json").write_text(json.dumps(report), encoding="utf-8")
     assert bundle.main([str(tmp_path / "last.pt"), "brain_x", "--domain", "brain", "--description", "new words",
