@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training-recipe ablations for the default models, on one budget, scored network-only on held-out cases.
 
-Every variant fine-tunes from the same start (a base config's ``init``: the bundled v1 model) for the same
+Every variant fine-tunes from the same start (a base config's ``init``: the bundled model — v1 when the
+tables in docs/ablations.md were made, v2 for the brain since) for the same
 number of steps, with the same data, seed and schedule; one variant changes one option of the base config
 (Training/configs/brain_mr_v2.yaml or chest_ct_v2.yaml). Each model is then scored by ``rcreg.register``
 with ``refine=0`` (the network alone) on the accuracy benchmark's held-out cases of its domain
@@ -41,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 Domain = Literal["brain", "ct"]
 BASES: dict[str, Path] = {"brain": ROOT / "Training/configs/brain_mr_v2.yaml",
                           "ct": ROOT / "Training/configs/chest_ct_v2.yaml"}
-#: Bundled v1 model of each domain (the start of every variant, and the reference row).
-V1 = {"brain": "brain_mr_t1", "ct": "chest_ct"}
+#: The bundled model of each domain (the start of every variant, and the reference row).
+BUNDLED = {"brain": "brain_mr_t1", "ct": "chest_ct"}
 #: Images registered to themselves (sample-data names; resampled to 2 / 2.5 mm like the benchmark cases).
 SELF = {"brain": ("colin27_t1_brain", "colin27_t1"), "ct": ("lung2_ct",)}
 
@@ -65,19 +66,14 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "grid 80³": {"grid": [80, 80, 80]},
         "diffeomorphic cascades": {"diffeomorphic": True},
         "lr 2e-5": {"lr": 2e-5},
-        "synthetic pairs 0.5, field weight 1": {"synthetic_pairs": 0.5, "field_weight": 1.0},
         "v1 recipe continued (control)": V1_RECIPE["brain"],
-        "v1 recipe + synthetic pairs 0.5, field weight 1": {**V1_RECIPE["brain"], "synthetic_pairs": 0.5,
-                                                            "field_weight": 1.0},
     },
     "ct": {
         "base (ncc 7, reg 1, identity 0.25)": {},
         "pearson (v1 loss)": {"similarity": "pearson"},
         "no identity pairs": {"identity_pairs": 0.0},
         "lr 2e-5": {"lr": 2e-5},
-        "synthetic pairs 0.5, field weight 1": {"synthetic_pairs": 0.5, "field_weight": 1.0},
         "v1 recipe continued (control)": V1_RECIPE["ct"],
-        "v1 recipe + synthetic pairs 0.5, field weight 1": {**V1_RECIPE["ct"], "synthetic_pairs": 0.5, "field_weight": 1.0},
     },
 }
 
@@ -166,7 +162,7 @@ def main(argv=None) -> int:
                              "(benchmarks/cascade_series.py), the first at repeats r = 1…4, the others at r = 1")
     parser.add_argument("--runs", nargs="+", metavar="LABEL=MODEL",
                         help="instead: score these models (longer runs of a recipe; files or bundled names) beside "
-                             "v1, into the report's 'runs' section of --domain")
+                             "the bundled model, into the report's 'runs' section of --domain")
     args = parser.parse_args(argv)
     if args.series:
         return score_series(args.series, args.report)
@@ -182,11 +178,11 @@ def main(argv=None) -> int:
     # The table has every finished variant (those of earlier runs too), in the order of VARIANTS.
     exports = {n: export for n in VARIANTS[args.domain]
                if (export := args.output / args.domain / slug(n) / "model_fp16.pt").is_file()}
-    results = {f"v1 (`{V1[args.domain]}`, no fine-tuning)": evaluate(args.domain, V1[args.domain])}
+    results = {f"bundled `{BUNDLED[args.domain]}` (no fine-tuning)": evaluate(args.domain, BUNDLED[args.domain])}
     results.update({n: evaluate(args.domain, str(export)) for n, export in exports.items()})
     raw = args.output / f"{args.domain}_results.json"
     raw.write_text(json.dumps(results, indent=1))
-    section = table(args.domain, results, f"{args.domain} ({args.steps} steps each from `{V1[args.domain]}`)")
+    section = table(args.domain, results, f"{args.domain} ({args.steps} steps each from `{BUNDLED[args.domain]}`)")
     write_section(args.report, args.domain, section)
     print(section)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {args.report} ({raw})")
@@ -198,7 +194,7 @@ def score_runs(domain: Domain, models: dict[str, str], report: Path) -> int:
     import torch
 
     torch.set_num_threads(2)
-    results = {f"v1 (`{V1[domain]}`)": evaluate(domain, V1[domain])}
+    results = {f"bundled `{BUNDLED[domain]}`": evaluate(domain, BUNDLED[domain])}
     results.update({label: evaluate(domain, model) for label, model in models.items()})
     section = table(domain, results, f"{domain}: longer runs")
     write_section(report, f"runs-{domain}", section)

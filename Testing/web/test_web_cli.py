@@ -2,6 +2,7 @@
 line, lazy imports, and the web app's option parsing."""
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -85,6 +86,31 @@ def test_positive_number_options():
     for bad in ("0", "-1", "nan", "inf", "heavy"):
         with pytest.raises(ValueError, match=f"^refinement weight must be 'default' or a number > 0, got '{bad}'$"):
             _positive_number(bad, "refinement weight", "default")
+
+
+def test_page_options_become_register_volumes_keywords():
+    """The page's text fields reach the Lib's registerVolumes under its own parameter names."""
+    from types import SimpleNamespace
+
+    import importlib
+
+    from rcreg.web.app import RegistrationApp
+    from rcreg.web.lib import import_lib
+
+    lib = import_lib()
+    logic = importlib.import_module("RecursiveCascadeRegistrationLib.logic")
+    state = SimpleNamespace(model=lib.choices.DEFAULT, cascades="2", repeat="1", refine_iterations="3",
+                            refine_similarity="mi", refine_weight="2.5", refine_levels="2", refine_spacing="3",
+                            initial_alignment="mass", diffeomorphic=True, device="cpu")
+    options = RegistrationApp._options(SimpleNamespace(lib=lib, state=state))
+    assert options == {"model": None, "cascades": 2, "repeat": 1, "refineIterations": 3, "refineSimilarity": "mi",
+                       "refineWeight": 2.5, "refineLevels": 2, "refineSpacing": 3.0, "initialAlignment": "mass",
+                       "diffeomorphic": True, "device": "cpu"}
+    parameters = inspect.signature(logic.RecursiveCascadeRegistrationLogic.registerVolumes).parameters
+    assert set(options) <= set(parameters)
+    state.refine_weight = "heavy"
+    with pytest.raises(ValueError, match="^refinement weight must be"):
+        RegistrationApp._options(SimpleNamespace(lib=lib, state=state))
 
 
 def test_one_slicer_core_version_for_the_project():
