@@ -27,13 +27,16 @@ from rcreg.models import MODELS_DIR
 from rcreg.options import REGIONS
 from rcreg.registration import refine_options
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the benchmark's row selection
+from accuracy_report import pick_row  # noqa: E402
+
 KEYS = ("dice_mean", "hd95_mm", "field_error_mm", "folding_pct", "sdlogj", "correlation", "seconds")
 
 
 def _row(rows: list[dict], **fields) -> Optional[dict]:
-    """The scores of the first benchmark row whose fields (accuracy_methods.Method.fields) equal ``fields``."""
-    fields.setdefault("previous", "")  # the current model's rows, not those kept of an earlier one
-    found = next((r for r in rows if all(r.get(k, "") == v for k, v in fields.items())), None)
+    """The scores of the current model's first benchmark row whose fields (accuracy_methods.Method.fields)
+    equal ``fields`` (not the rows kept of an earlier model)."""
+    found = pick_row(rows, previous="", **fields)
     return {k: found[k] for k in KEYS if k in found} if found is not None else None
 
 

@@ -81,20 +81,20 @@ def plot(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
-def _pick(rows: list[dict], **fields) -> Optional[dict]:
+def pick_row(rows: list[dict], **fields) -> Optional[dict]:
     """The first row whose fields equal ``fields``."""
     return next((r for r in rows if all(r.get(k, "") == v for k, v in fields.items())), None)  # "": older rows have no "previous"
 
 
 def default_row(rows: list[dict]) -> Optional[dict]:
     """``rcreg register`` as a user runs it: all cascades once, the card's default refinement."""
-    return _pick(rows, family="ours", network=True, repeat=1, default_refine=True, diffeomorphic=False, previous="")
+    return pick_row(rows, family="ours", network=True, repeat=1, default_refine=True, diffeomorphic=False, previous="")
 
 
 def network_row(rows: list[dict], n: Optional[int], previous: str = "") -> Optional[dict]:
     """The network alone, all ``n`` cascades once (of the earlier model ``previous``, if given; then any n)."""
     fields = {"cascades": n} if n is not None else {}
-    return _pick(rows, family="ours", network=True, repeat=1, refine=0, previous=previous, **fields)
+    return pick_row(rows, family="ours", network=True, repeat=1, refine=0, previous=previous, **fields)
 
 
 def against_targets(results: Results, n_cascades: dict) -> list[str]:
@@ -102,7 +102,7 @@ def against_targets(results: Results, n_cascades: dict) -> list[str]:
     (Dice and field error at least SyN's, at most half its time — moonshot a tenth —, folding < 0.1 %)."""
     lines = []
     for case, rows in results:
-        syn, mine = _pick(rows, family="ANTs SyN"), default_row(rows)
+        syn, mine = pick_row(rows, family="ANTs SyN"), default_row(rows)
         if syn is None or mine is None:
             continue
         speed = syn["seconds"] / mine["seconds"] if mine["seconds"] > 0 else float("inf")

@@ -169,6 +169,11 @@ def _validate(model: RecursiveCascadeNetwork, pairs: list[tuple[Volume, Volume]]
     return means
 
 
+def _chosen(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Which pairs of a batch ``(B, ...)`` an option applies to: ``(B,)`` bool, each with probability ``share``."""
+    return (torch.rand(images.shape[0], generator=generator) < share).to(images.device)
+
+
 def _identity_pairs(fixed: torch.Tensor, moving: torch.Tensor, fixed_labels: Optional[torch.Tensor],
                     moving_labels: Optional[torch.Tensor], share: float, generator: torch.Generator):
     """Replace each pair's moving image ``(B, 1, X, Y, Z)`` (and labels) by its fixed one with probability ``share``.
@@ -177,7 +182,7 @@ def _identity_pairs(fixed: torch.Tensor, moving: torch.Tensor, fixed_labels: Opt
     later cascade, and every shared-weight repeat at test time, sees. Returns the moving images, their
     labels and which pairs were replaced ``(B,)`` (bool).
     """
-    same = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device)
+    same = _chosen(fixed, share, generator)
     where = same.view(-1, 1, 1, 1, 1)
     moving = torch.where(where, fixed, moving)
     if moving_labels is not None and fixed_labels is not None:
@@ -203,7 +208,7 @@ def _synthetic_pairs(fixed: torch.Tensor, fixed_labels: Optional[torch.Tensor], 
     its spatial augmentation), moving = ``source`` (the same image before it), whose true pull-back field is
     that augmentation's flow. Images ``(B, 1, X, Y, Z)``; returns (fixed, fixed labels, moving, moving
     labels, which pairs were made synthetic ``(B,)`` bool)."""
-    chosen = (torch.rand(fixed.shape[0], generator=generator) < share).to(fixed.device)
+    chosen = _chosen(fixed, share, generator)
     where = chosen.view(-1, 1, 1, 1, 1)
 
     def pick(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -322,22 +327,23 @@ class _Run:
         batch = self.data.sample(config.batch_size, gen).to(device)
         moving_flow = random_spatial_flow(batch.moving.shape[2:], self.augment, gen, batch=batch.moving.shape[0],
                                           device=device)
-        moving, moving_labels = deform(batch.moving, batch.moving_labels, moving_flow)
+        moving, moving_labels = (deform(batch.moving, batch.moving_labels, moving_flow) if self.augment.spatial
+                                 else (batch.moving, batch.moving_labels))
         fixed, fixed_labels = batch.fixed, batch.fixed_labels
         if config.augment_fixed:
             fixed, fixed_labels = augment_spatial(fixed, fixed_labels, self.augment, gen)
         known = torch.zeros(moving.shape[0], dtype=torch.bool, device=device)  # pairs whose true field is known
-        known_flow = torch.zeros_like(moving_flow)
+        known_flow = moving_flow  # the true field of the synthetic pairs; 0 for identity pairs
         if config.synthetic_pairs > 0:
             fixed, fixed_labels, moving, moving_labels, known = _synthetic_pairs(
                 fixed, fixed_labels, moving, moving_labels, batch.moving, batch.moving_labels,
                 config.synthetic_pairs, gen)
-            known_flow = torch.where(known.view(-1, 1, 1, 1, 1), moving_flow, known_flow)
         if config.identity_pairs > 0:
             moving, moving_labels, same = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
                                                           config.identity_pairs, gen)
             known, known_flow = known | same, torch.where(same.view(-1, 1, 1, 1, 1), 0.0, known_flow)
-        known_weights = known.view(-1, 1, 1, 1, 1) * _foreground(fixed)
+        # Where the field loss counts: the known pairs' image content (only built when the loss is on).
+        known_weights = known.view(-1, 1, 1, 1, 1) * _foreground(fixed) if config.field_weight > 0 else None
         if self.augment.contrast > 0:
             fixed, moving = random_contrast(fixed, moving, self.augment.contrast, gen)
         fixed = augment_intensity(fixed, self.augment, gen)
