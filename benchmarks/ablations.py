@@ -172,34 +172,38 @@ def main(argv=None) -> int:
     jobs = [(args.domain, n, args.steps, str(args.output)) for n in names]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         pool.map(_train, jobs, chunksize=1)
-    import torch
-
-    torch.set_num_threads(2)
     # The table has every finished variant (those of earlier runs too), in the order of VARIANTS.
-    exports = {n: export for n in VARIANTS[args.domain]
+    exports = {n: str(export) for n in VARIANTS[args.domain]
                if (export := args.output / args.domain / slug(n) / "model_fp16.pt").is_file()}
-    results = {f"bundled `{BUNDLED[args.domain]}` (no fine-tuning)": evaluate(args.domain, BUNDLED[args.domain])}
-    results.update({n: evaluate(args.domain, str(export)) for n, export in exports.items()})
+    results = score_beside_bundled(args.domain, exports, "(no fine-tuning)")
     raw = args.output / f"{args.domain}_results.json"
     raw.write_text(json.dumps(results, indent=1))
     section = table(args.domain, results, f"{args.domain} ({args.steps} steps each from `{BUNDLED[args.domain]}`)")
-    write_section(args.report, args.domain, section)
-    print(section)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {args.report} ({raw})")
+    publish(args.report, args.domain, section, f" ({raw})")
     return 0
 
 
-def score_runs(domain: Domain, models: dict[str, str], report: Path) -> int:
-    """Network-only scores of longer training runs (``{label: model}``) beside v1, in the ``runs-DOMAIN`` section."""
+def score_beside_bundled(domain: Domain, models: dict[str, str], note: str = "") -> dict[str, dict]:
+    """:func:`evaluate` of the bundled model of ``domain`` (labelled with ``note``), then of ``{label: model}``."""
     import torch
 
     torch.set_num_threads(2)
-    results = {f"bundled `{BUNDLED[domain]}`": evaluate(domain, BUNDLED[domain])}
+    results = {f"bundled `{BUNDLED[domain]}` {note}".strip(): evaluate(domain, BUNDLED[domain])}
     results.update({label: evaluate(domain, model) for label, model in models.items()})
-    section = table(domain, results, f"{domain}: longer runs")
-    write_section(report, f"runs-{domain}", section)
+    return results
+
+
+def publish(report: Path, key: str, section: str, where: str = "") -> None:
+    """Write ``section`` as ``key``'s section of ``report`` and print it."""
+    write_section(report, key, section)
     print(section)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}{where}")
+
+
+def score_runs(domain: Domain, models: dict[str, str], report: Path) -> int:
+    """Network-only scores of longer training runs (``{label: model}``) beside the bundled model, in the
+    ``runs-DOMAIN`` section."""
+    publish(report, f"runs-{domain}", table(domain, score_beside_bundled(domain, models), f"{domain}: longer runs"))
     return 0
 
 
