@@ -80,6 +80,8 @@ def test_checkpoint_network_and_predictor(tmp_path):
     assert torch.equal(predictor.predict(fixed, moving), torch.ones(1, 3, 8, 8, 8))
     with pytest.raises(ValueError, match="plain predictor"):
         predictor.predict(fixed, moving, repeat=2)
+    with pytest.raises(ValueError, match="plain predictor"):
+        predictor.predict(fixed, moving, amp=True)
     with pytest.raises(ValueError, match="returned a flow of shape"):
         resolve_model(lambda f, m: torch.zeros(1, 3, 4, 4, 4)).predict(fixed, moving)
 

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refine a stationary velocity field (scaling and squaring): det J > 0")
     parser.add_argument("--device", default="auto", help="where the network and the refinement run: auto, cpu, cuda or "
                         "cuda:N (default auto: CUDA when available)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the network in bf16 (default: where the device computes bf16 natively)")
     parser.add_argument("--dense-field", action="store_true",
                         help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
     parser.add_argument("--dense-metrics", action="store_true",
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either --moving and --fixed, or --pairs")
     check_output_folder(args.output_dir, "--output-dir")  # before any work, not after it
     set_threads(args.threads)
-    options = dict(model=args.model, cascades=args.cascades, repeat=args.repeat, device=args.device,
+    options = dict(model=args.model, cascades=args.cascades, repeat=args.repeat, device=args.device, amp=args.amp,
                    initial_alignment=args.initial_alignment, refine=refine_arguments(args),
                    dense_metrics=args.dense_metrics)
     save = dict(dense_field=args.dense_field, figure=not args.no_figure)
