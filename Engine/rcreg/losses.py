@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cascade import CascadeOutput
+from .options import check_ncc_window
 from .spatial import affine_flow, warp
 
 __all__ = [
@@ -107,12 +108,6 @@ def local_statistics(image: torch.Tensor, window: int) -> tuple[torch.Tensor, to
     """Local mean and variance of ``image`` ``(B, C, X, Y, Z)`` over ``window³`` boxes (:func:`box_mean`)."""
     mean, mean_sq = box_mean(torch.cat([image, image * image], dim=1), window).chunk(2, dim=1)
     return mean, (mean_sq - mean.square()).clamp_min(0.0)
-
-
-def check_ncc_window(window: int) -> None:
-    """Raise ``ValueError`` unless ``window`` (voxels) is a positive odd number: boxes are centred on voxels."""
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"local NCC window must be a positive odd number, got {window}")
 
 
 def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
-           "Region", "REGIONS", "RefineOptions", "NO_MODEL", "OUTPUT_FILES"]
+           "Region", "REGIONS", "RefineOptions", "check_ncc_window", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "correlation", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
@@ -42,6 +42,12 @@ OUTPUT_FILES = {
     "metrics": "metrics.json",
     "figure": "figure.png",
 }
+
+
+def check_ncc_window(window: int) -> None:
+    """Raise ``ValueError`` unless ``window`` (voxels) is a positive odd number: boxes are centred on voxels."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"local NCC window must be a positive odd number, got {window}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,6 @@ class RefineOptions:
             (self.spacing is None or self.spacing > 0, f"refinement spacing must be > 0 mm, got {self.spacing}"),
             (self.similarity in SIMILARITIES,
              f"unknown refinement similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}"),
-            (self.window >= 1 and self.window % 2 == 1, f"NCC window must be a positive odd number, got {self.window}"),
             (self.regularization in REGULARIZATIONS,
              f"unknown regularization {self.regularization!r}; choose one of {', '.join(REGULARIZATIONS)}"),
             (self.weight >= 0 and math.isfinite(self.weight), f"refinement weight must be ≥ 0, got {self.weight}"),
@@ -98,6 +103,7 @@ class RefineOptions:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_ncc_window(self.window)
 
     def level_iterations(self) -> list[int]:
         """Iterations per level, coarse to fine."""

@@ -44,7 +44,7 @@ def test_help_documents_every_option():
     (dict(grid=[4, 64, 64]), "grid"),
     (dict(mode="atlas"), "atlas"),
     (dict(train=None), "no training data"),
-    (dict(ncc_window=8), "ncc_window must be a positive odd number"),
+    (dict(ncc_window=8), "ncc_window: local NCC window must be a positive odd number"),
     (dict(contrast=1.5), "contrast must be a share"),
 ])
 def test_invalid_values(values, needle):

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
-from ..options import Region
+from ..options import Region, check_ncc_window
 
 __all__ = ["TrainConfig", "ConfigError", "choices", "load_config", "add_arguments", "config_from_args"]
 
@@ -171,8 +171,10 @@ class TrainConfig:
             raise ConfigError(f"grid must be three sizes ≥ 8, got {self.grid}")
         if self.lr <= 0 or self.width <= 0:
             raise ConfigError("lr and width must be > 0")
-        if self.ncc_window < 1 or self.ncc_window % 2 == 0:  # the rule of rcreg.losses.check_ncc_window
-            raise ConfigError(f"ncc_window must be a positive odd number of voxels, got {self.ncc_window}")
+        try:
+            check_ncc_window(self.ncc_window)
+        except ValueError as exc:
+            raise ConfigError(f"ncc_window: {exc}") from None
         if not 0.0 <= self.contrast <= 1.0:
             raise ConfigError(f"contrast must be a share in [0, 1], got {self.contrast}")
         for name in ("identity_pairs", "synthetic_pairs"):
