@@ -93,9 +93,9 @@ def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool
     ``affine``; its card refines ``default_refine`` iterations by default). ``previous`` = (name, model,
     its n, its default refinement) of an earlier model, kept for comparison: its network alone and its
     default registration."""
-    def mine(cascades, repeat=1, refine=0, diffeomorphic=False, model=spec):
+    def mine(cascades, repeat=1, refine=0, diffeomorphic=False, model=spec, card_refine=default_refine, name=""):
         return Method("ours", ours(model, cascades if model != NO_MODEL else None, repeat, refine, diffeomorphic),
-                      cascades, repeat, refine, diffeomorphic, model != NO_MODEL, default_refine)
+                      cascades, repeat, refine, diffeomorphic, model != NO_MODEL, card_refine, name)
 
     out = [Method("identity", identity)]
     if affine:
@@ -109,9 +109,8 @@ def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool
         out.append(mine(None, refine=2 * default_refine, model=NO_MODEL))
     if previous is not None:
         name, model, n_previous, refine_previous = previous
-        for refine in (0, None):
-            out.append(Method("ours", ours(model, n_previous, 1, refine), n_previous, 1, refine,
-                              default_refine=refine_previous, previous=name))
+        out += [mine(n_previous, refine=refine, model=model, card_refine=refine_previous, name=name)
+                for refine in (0, None)]
     if baselines:
         out += [Method("ANTs SyN", ants_syn), Method("elastix", elastix)]
     return out
