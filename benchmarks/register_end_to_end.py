@@ -77,7 +77,9 @@ def run_cli(tmp: Path, args: argparse.Namespace, refine: str) -> tuple[float, di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="fixed volume size (voxels per axis)")
-    parser.add_argument("--model", help="model name or checkpoint (default: what rcreg register picks)")
+    parser.add_argument("--model", default="chest_ct",
+                        help="model name or checkpoint (default chest_ct: the volumes are CT-like, 230 mm wide, which "
+                        "rcreg register would take for a head and register by refinement alone)")
     parser.add_argument("--refine", nargs="+", default=["0", "default"], help="--refine values to run")
     parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads")
     parser.add_argument("--device", default="cpu")

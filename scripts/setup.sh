@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repository root and install rcreg into it (editable).
 #   scripts/setup.sh          engine + CLI
-#   scripts/setup.sh --test   also the test/benchmark extras (antspyx, itk-elastix, slicer-core, tensorboard)
+#   scripts/setup.sh --test   also the test/benchmark extras (antspyx, itk-elastix, slicer-core, tensorboard, matplotlib)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0, the CPU build on our machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
