@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -67,17 +68,24 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or
-    AMX, as oneDNN reports), so bf16 autocast speeds the networks up rather than emulating."""
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively, so that bf16 autocast speeds the networks up rather than
+    emulating: a CUDA GPU of compute capability ≥ 8 (Ampere on; ROCm GPUs that support it); an x86 CPU with
+    AVX-512 BF16 or AMX; an Arm CPU whose oneDNN build has bf16 kernels."""
+    device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a build without oneDNN
-            return False
-    return False
+        if torch.version.hip:
+            return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_properties(device).major >= 8
+    if device.type != "cpu":
+        return False
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            # oneDNN's own check (mkldnn._is_mkldnn_bf16_supported) also says yes on plain AVX-512, which emulates.
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes, a build without oneDNN
+        return False
 
 
 def _complete_card(card: Optional[dict], name: str) -> dict:
@@ -106,13 +114,14 @@ class Model:
         repeat: int = 1,
         device: torch.device = torch.device("cpu"),
         callback: Optional[Callable[[int, int], None]] = None,
-        amp: bool = False,
+        amp: Optional[bool] = None,
     ) -> torch.Tensor:
         """The composed pull-back flow ``(1, 3, X, Y, Z)`` (voxels of the network grid) on the CPU.
 
         ``cascades``: use only the first k deformable cascades; ``repeat``: test-time shared-weight
         repeats (1 … :data:`MAX_REPEAT`); ``amp``: run the networks under bf16 autocast (warping and
-        composition stay fp32). All three need a :class:`RecursiveCascadeNetwork`.
+        composition stay fp32) or not, for this call only (``None``: the network's own setting). All three
+        need a :class:`RecursiveCascadeNetwork`.
         """
         if not 1 <= repeat <= MAX_REPEAT:
             raise ValueError(f"--repeat must be 1…{MAX_REPEAT}, got {repeat}")
@@ -122,8 +131,12 @@ class Model:
                 if cascades is not None and not 0 <= cascades <= self.network.n_cascades:
                     raise ValueError(f"--cascades must be 0…{self.network.n_cascades} for model {self.name}, got {cascades}")
                 self.network.to(device).eval()
-                self.network.amp = amp
-                flow = self.network(fixed, moving, repeat=repeat, callback=callback, cascades=cascades).flow
+                own = self.network.amp
+                self.network.amp = own if amp is None else amp
+                try:
+                    flow = self.network(fixed, moving, repeat=repeat, callback=callback, cascades=cascades).flow
+                finally:
+                    self.network.amp = own
             else:
                 if cascades is not None or repeat != 1 or amp:
                     raise ValueError(f"cascades/repeat/amp need a recursive cascade network; {self.name} is a plain predictor")

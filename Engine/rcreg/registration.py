@@ -374,7 +374,8 @@ def register(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         amp: run the network under bf16 autocast (warping, composition and refinement stay fp32);
             ``None``: where the device computes bf16 natively (:func:`rcreg.models.native_bf16`) and the
-            model is a cascade network. Changes the network's field by ~0.01 voxel (docs/performance.md).
+            model is a cascade network (a network passed in gets its ``amp`` attribute back afterwards).
+            Changes the network's field by ~0.01 voxel (docs/performance.md#bf16-network).
         moving_labels, fixed_labels: label maps on their image's grid (warped labels, Dice, HD95).
         moving_points, fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays; fixed points are mapped into
             moving space, and with both the landmark error is reported.

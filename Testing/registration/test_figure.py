@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from PIL import Image
 
@@ -76,7 +77,7 @@ def _grid_pixels(figure: np.ndarray, row: int) -> np.ndarray:
     return np.all(_panel(figure, row, 4) == GRID_COLOUR, axis=-1)
 
 
-def test_deformation_grid_follows_the_field_and_ignores_a_uniform_shift(tmp_path):
+def test_deformation_grid_is_drawn_in_its_column_and_ignores_a_uniform_shift(tmp_path):
     image = _volume()
     still = np.asarray(Image.open(registration_figure(image, image, image, _identity(image),
                                                       tmp_path / "a.png")).convert("RGB"))
@@ -86,26 +87,38 @@ def test_deformation_grid_follows_the_field_and_ignores_a_uniform_shift(tmp_path
     shifted = np.asarray(Image.open(registration_figure(image, image, image, sitk.TranslationTransform(3, (3.0, -2.0, 0.0)),
                                                         tmp_path / "b.png")).convert("RGB"))
     np.testing.assert_array_equal(_grid_pixels(shifted, 0), _grid_pixels(still, 0))
-    # A field moving the half i < 20 by −1 mm along i and the rest by +1 mm (mean 0): the vertical lines,
-    # every 5th column with grid_lines=8, are drawn one column left / right of where they were.
-    values = np.zeros((20, 30, 40, 3))
-    values[..., 0] = np.where(np.arange(40) < 20, -1.0, 1.0)
+
+
+def _lines(figure: np.ndarray, row: int, vertical: bool) -> np.ndarray:
+    """Pixel columns (``vertical``) or rows of the straight grid lines in a deformation-grid panel."""
+    red = _grid_pixels(figure, row)
+    along = red.any(axis=1).sum() if vertical else red.any(axis=0).sum()  # the grid's extent across the lines
+    return np.nonzero(red.sum(axis=0 if vertical else 1) > 0.5 * along)[0]
+
+
+@pytest.mark.parametrize("row, component, voxel_mm, count, pixels, flipped", [
+    (0, 0, 1.0, 40, CELL / 40, False),  # axial: vertical lines along i, left to right
+    (1, 2, 2.0, 20, CELL / 20, True),   # coronal: horizontal lines along k, drawn bottom to top
+])
+def test_deformation_grid_lines_move_with_the_field(tmp_path, row, component, voxel_mm, count, pixels, flipped):
+    """A field moving the first half of an in-plane axis by −1 voxel along it and the rest by +1 (mean 0):
+    the grid lines across that axis (``grid_lines=8``: every ``count // 8``-th voxel) are drawn one voxel
+    before / after where they are for no motion, on the side the plane's orientation says."""
+    image = _volume()
+    values = np.zeros((20, 30, 40, 3))  # (k, j, i, component)
+    axis = 2 - component  # array axis of the component's image axis
+    half = np.arange(values.shape[axis]) < values.shape[axis] // 2
+    values[..., component] = np.expand_dims(np.where(half, -voxel_mm, voxel_mm), [a for a in range(3) if a != axis])
     field = sitk.GetImageFromArray(values, isVector=True)
     field.CopyInformation(image)
-    lines = {}
-    for name, transform in (("still", _identity(image)), ("bent", displacement_transform(field))):
+    step = count // 8
+    for name, transform, offset in (("still", _identity(image), lambda c: 0.0),
+                                    ("bent", displacement_transform(field), lambda c: -1.0 if c < count // 2 else 1.0)):
         figure = np.asarray(Image.open(registration_figure(image, image, image, transform, tmp_path / f"{name}.png",
                                                            grid_lines=8)).convert("RGB"))
-        red = _grid_pixels(figure, 0)
-        lines[name] = np.nonzero(red.sum(axis=0) > 0.5 * red.any(axis=1).sum())[0]  # columns of vertical lines
-    left, scale = 0, CELL / 40  # the axial slice spans the box's width: panel pixels per voxel column
-    drawn = np.array([0, CELL - 1])
-
-    def expected(offset: callable) -> np.ndarray:
-        return np.array([left + (c + offset(c) + 0.5) * scale for c in range(0, 40, 5)])
-
-    for name, offset in (("still", lambda c: 0.0), ("bent", lambda c: -1.0 if c < 20 else 1.0)):
-        found, wanted = lines[name], expected(offset)
-        wanted = wanted[(wanted >= drawn.min()) & (wanted <= drawn.max())]  # a line pushed out of the slice is cut
+        positions = np.array([c + offset(c) for c in range(0, count, step)])
+        wanted = ((count - 0.5 - positions) if flipped else (positions + 0.5)) * pixels
+        wanted = wanted[(wanted >= 0) & (wanted < CELL)]  # a line pushed out of the slice is cut off
+        found = _lines(figure, row, vertical=not flipped)
         distance = np.abs(found[None, :] - wanted[:, None]).min(axis=1)
         assert len(found) == len(wanted) and distance.max() <= 1.0, (name, found, wanted)

@@ -262,3 +262,29 @@ def test_initial_alignment_recovers_a_far_translation(method):
     np.testing.assert_allclose(sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(fixed), atol=1e-3)
     assert result.metrics["correlation_before"] == pytest.approx(1.0)  # "before" includes the alignment
     assert result.metrics["landmark_error_mm_mean"] < 1e-6
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_default_follows_the_device_and_leaves_the_network_as_it_was(oblique_pair, monkeypatch, native):
+    """``amp=None``: bf16 for a cascade network exactly where the device computes bf16 natively (patched here,
+    so both answers are checked on any CPU); never for a plain predictor or refinement alone; the network
+    passed in keeps its own setting."""
+    import rcreg.registration
+
+    fixed, moving, shift = oblique_pair
+    monkeypatch.setattr(rcreg.registration, "native_bf16", lambda device: native)
+    network = RecursiveCascadeNetwork("vtn", n_cascades=1, width=0.125)
+    network.card = CARD
+    seen = []
+    original = RecursiveCascadeNetwork._run
+    monkeypatch.setattr(RecursiveCascadeNetwork, "_run", lambda self, *a: seen.append(self.amp) or original(self, *a))
+    assert register(moving, fixed, model=network, refine=0, device="cpu").metrics["amp"] is native
+    assert seen == [native, native] and network.amp is False  # affine + 1 cascade ran so; the attribute is back
+    assert register(moving, fixed, model=translation_predictor(fixed, shift), refine=0).metrics["amp"] is False
+    assert register(moving, fixed, model="none", refine=1).metrics["amp"] is False
+
+
+def test_native_bf16_answers_for_every_device_kind():
+    from rcreg.models import native_bf16
+
+    assert isinstance(native_bf16("cpu"), bool) and native_bf16("meta") is False
