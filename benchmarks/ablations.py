@@ -12,6 +12,7 @@ interrupted one resumed, so the command can be re-run; the table of every finish
 docs/ablations.md.
 
     .venv/bin/python benchmarks/ablations.py [--domain brain|ct] [--steps 1000] [--only NAME ...] [--jobs 2]
+    .venv/bin/python benchmarks/ablations.py --domain brain --runs LABEL=MODEL ... [--title TITLE]
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import multiprocessing
 import sys
 import time
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Optional, get_args
 
 import numpy as np
 import SimpleITK as sitk
@@ -163,11 +164,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="+", metavar="LABEL=MODEL",
                         help="instead: score these models (longer runs of a recipe; files or bundled names) beside "
                              "the bundled model, into the report's 'runs' section of --domain")
+    parser.add_argument("--title", help="with --runs: the section's title and key (default: DOMAIN: longer runs, "
+                        "key runs-DOMAIN), so several sets of runs keep their own tables")
     args = parser.parse_args(argv)
     if args.series:
         return score_series(args.series, args.report)
     if args.runs:
-        return score_runs(args.domain, dict(item.split("=", 1) for item in args.runs), args.report)
+        return score_runs(args.domain, dict(item.split("=", 1) for item in args.runs), args.report, args.title)
     names = args.only or list(VARIANTS[args.domain])
     jobs = [(args.domain, n, args.steps, str(args.output)) for n in names]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -200,10 +203,11 @@ def publish(report: Path, key: str, section: str, where: str = "") -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}{where}")
 
 
-def score_runs(domain: Domain, models: dict[str, str], report: Path) -> int:
-    """Network-only scores of longer training runs (``{label: model}``) beside the bundled model, in the
-    ``runs-DOMAIN`` section."""
-    publish(report, f"runs-{domain}", table(domain, score_beside_bundled(domain, models), f"{domain}: longer runs"))
+def score_runs(domain: Domain, models: dict[str, str], report: Path, title: Optional[str] = None) -> int:
+    """Network-only scores of training runs (``{label: model}``) beside the bundled model, in the
+    ``runs-DOMAIN`` section titled "DOMAIN: longer runs", or in a section of its own for ``title``."""
+    key = f"runs-{domain}" if title is None else f"runs-{domain}-{slug(title)}"
+    publish(report, key, table(domain, score_beside_bundled(domain, models), title or f"{domain}: longer runs"))
     return 0
 
 
