@@ -327,3 +327,24 @@ def test_field_weight_needs_pairs_with_a_known_field(tiny_config):
     with pytest.raises(ConfigError, match="synthetic_pairs"):
         tiny_config(synthetic_pairs=-0.1).check()
     tiny_config(field_weight=1.0, synthetic_pairs=0.5).check()
+
+
+def test_snapshots_are_kept_and_average(tiny_config, tmp_path):
+    """``snapshot_every``: the weights of every N-th step as an inference file, exactly the run's weights
+    at that step (the last one equals the final model), and they average with Training/average_checkpoints.py."""
+    from rcreg.training.state import average_checkpoints
+
+    result = train(tiny_config(snapshot_every=2))
+    folder = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == ["step_2.pt", "step_4.pt", "step_6.pt"]
+    last, card = model_from_checkpoint(folder / "step_6.pt")
+    assert card["training"]["iterations"] == 6 and "training" not in load_checkpoint(folder / "step_6.pt")
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, last.state_dict()[name]), name
+    first = load_checkpoint(folder / "step_2.pt")["state_dict"]
+    assert any(not torch.equal(first[k], v) for k, v in last.state_dict().items())  # training moved on
+    mean, card = model_from_checkpoint(average_checkpoints([folder / "step_2.pt", folder / "step_6.pt"], tmp_path / "m.pt"))
+    assert card["training"]["averaged_steps"] == [2, 6]
+    for name, value in mean.state_dict().items():
+        torch.testing.assert_close(value, (first[name] + last.state_dict()[name]) / 2)
+

@@ -45,6 +45,7 @@ def test_help_documents_every_option():
     (dict(mode="atlas"), "atlas"),
     (dict(train=None), "no training data"),
     (dict(ncc_window=8), "ncc_window: local NCC window must be a positive odd number"),
+    (dict(snapshot_every=-1), "snapshot_every must be ≥ 0"),
     (dict(contrast=1.5), "contrast must be a share"),
 ])
 def test_invalid_values(values, needle):

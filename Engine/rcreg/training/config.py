@@ -123,6 +123,8 @@ class TrainConfig:
     # output
     output: str = _opt("runs/train", "output folder: last.pt, best.pt, the fp16 export, logs, TensorBoard", "output")
     save_every: int = _opt(1000, "write OUTPUT/last.pt every N steps (and at the end)", "output")
+    snapshot_every: int = _opt(0, "also keep the weights every N steps as OUTPUT/snapshots/step_N.pt (fp32, no training "
+                                  "state) for Training/average_checkpoints.py; 0 = off", "output")
     val_every: int = _opt(1000, "score the validation set every N steps (and at the end)", "output")
     log_every: int = _opt(50, "log the loss terms every N steps", "output")
     image_every: int = _opt(1000, "write image slices to TensorBoard every N steps", "output")
@@ -165,6 +167,8 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "save_every", "val_every", "log_every", "image_every", "val_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be ≥ 0 (0 = no snapshots), got {self.snapshot_every}")
         if self.cascades < 0 or (self.cascades == 0 and not self.affine):
             raise ConfigError(f"need at least one cascade, got cascades={self.cascades}, affine={self.affine}")
         if len(self.grid) != 3 or min(self.grid) < 8:

@@ -397,6 +397,8 @@ class _Run:
                 self._validate()
             if self.step % config.save_every == 0 or final:
                 self._save()
+            if config.snapshot_every and self.step % config.snapshot_every == 0:
+                save_checkpoint(self.output / "snapshots" / f"step_{self.step}.pt", self.model, self._card())
         bar.close()
         result = TrainResult(self.model, self.step)
         if main:
