@@ -53,9 +53,9 @@ def mean_distance(a: sitk.Image, b: sitk.Image, mask: np.ndarray) -> float:
     return float(np.linalg.norm(sitk.GetArrayFromImage(a) - sitk.GetArrayFromImage(b), axis=-1)[mask].mean())
 
 
-def forward_seconds(model: str, moving: sitk.Image, fixed: sitk.Image, repeats: int) -> dict[tuple[bool, bool], float]:
-    """Median seconds of the network's forward pass per (amp, channels_last), on the card's grid."""
-    card = resolve_model(model).card
+def forward_seconds(model: str, card: dict, moving: sitk.Image, fixed: sitk.Image,
+                    repeats: int) -> dict[tuple[bool, bool], float]:
+    """Median seconds of the network's forward pass per (amp, channels_last), on the grid of its ``card``."""
     grid = network_grid(fixed, grid_shape(card))
     f, m = (on_grid(normalized_image(image, card), grid) for image in (fixed, moving))
     out = {}
@@ -77,8 +77,8 @@ def main() -> None:
           f"native bf16 on this CPU: {native_bf16(torch.device('cpu'))}\n")
     print("| model | refinement | precision | network (s) | registration (s) | field error (mm) | bf16 − fp32 (mm) |")
     print("|---|---|---|---:|---:|---:|---:|")
-    for model, spec in CASES.items():
-        moving, fixed, truth, mask = case(*spec)
+    cases = {model: case(*spec) for model, spec in CASES.items()}
+    for model, (moving, fixed, truth, mask) in cases.items():
         for refine, label in ((0, "none"), (None, "default")):
             fields = {}
             for amp in (False, True):
@@ -93,10 +93,10 @@ def main() -> None:
                       f"{mean_distance(fields[amp], truth, mask):.3f} | {change} |", flush=True)
     print("\n| model | grid | fp32 (s) | fp32 + channels-last (s) | bf16 (s) | bf16 + channels-last (s) |")
     print("|---|---|---:|---:|---:|---:|")
-    for model, spec in CASES.items():
-        moving, fixed, _, _ = case(*spec)
-        seconds = forward_seconds(model, moving, fixed, args.repeats)
-        shape = "×".join(map(str, grid_shape(resolve_model(model).card)))
+    for model, (moving, fixed, _, _) in cases.items():
+        card = resolve_model(model).card
+        seconds = forward_seconds(model, card, moving, fixed, args.repeats)
+        shape = "×".join(map(str, grid_shape(card)))
         print(f"| {model} | {shape} | " + " | ".join(f"{seconds[key]:.3f}" for key in
               ((False, False), (False, True), (True, False), (True, True))) + " |", flush=True)
 

@@ -14,8 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..cascade import RecursiveCascadeNetwork
+from ..checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
 
 __all__ = ["learning_rate", "step_generator", "capture_rng", "restore_rng", "export_inference", "average_checkpoints"]
 
@@ -61,23 +60,13 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _network(ckpt: dict, source: str | os.PathLike) -> RecursiveCascadeNetwork:
-    """The network a loaded checkpoint describes, with its weights (one-line error naming ``source``)."""
-    try:
-        model = RecursiveCascadeNetwork(**ckpt["model"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {source} does not match its architecture: {str(exc).splitlines()[0]}") from None
-    return model
-
-
 def export_inference(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Write a compact inference file: the model and card of ``checkpoint`` with fp16 weights, no training state.
 
     The result loads with :func:`rcreg.checkpoint.model_from_checkpoint` (weights back to fp32).
     """
-    ckpt = load_checkpoint(checkpoint)
-    return save_checkpoint(path, _network(ckpt, checkpoint), ckpt.get("card", {}), dtype=torch.float16)
+    model, card = model_from_checkpoint(checkpoint)
+    return save_checkpoint(path, model, card, dtype=torch.float16)
 
 
 def average_checkpoints(checkpoints: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
@@ -92,18 +81,16 @@ def average_checkpoints(checkpoints: Sequence[str | os.PathLike], path: str | os
     """
     if len(checkpoints) < 2:
         raise CheckpointError(f"averaging needs at least two checkpoints, got {len(checkpoints)}")
-    loaded = [load_checkpoint(c) for c in checkpoints]
-    first = RecursiveCascadeNetwork.architecture(loaded[0]["model"])
-    for ckpt, source in zip(loaded[1:], checkpoints[1:]):
-        if RecursiveCascadeNetwork.architecture(ckpt["model"]) != first:
-            raise CheckpointError(f"checkpoint {source} is a {ckpt['model']} model, not {loaded[0]['model']} "
-                                  f"like {checkpoints[0]}: only checkpoints of one architecture can be averaged")
-    networks = [_network(ckpt, source) for ckpt, source in zip(loaded, checkpoints)]
-    average = networks[-1]
-    states = [n.state_dict() for n in networks]
-    average.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0) if v.is_floating_point() else v
+    loaded = [model_from_checkpoint(c) for c in checkpoints]  # (network, card); one-line errors name the file
+    first = loaded[0][0].config
+    for (network, _), source in zip(loaded[1:], checkpoints[1:]):
+        if network.config != first:
+            raise CheckpointError(f"checkpoint {source} is a {network.config} model, not {first} like "
+                                  f"{checkpoints[0]}: only checkpoints of one architecture can be averaged")
+    average, card = loaded[-1]
+    states = [network.state_dict() for network, _ in loaded]
+    average.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
                              for k, v in states[-1].items()})
-    card = dict(loaded[-1].get("card", {}))
     card["training"] = {**card.get("training", {}),
-                        "averaged_steps": [c.get("card", {}).get("training", {}).get("iterations") for c in loaded]}
+                        "averaged_steps": [c.get("training", {}).get("iterations") for _, c in loaded]}
     return save_checkpoint(path, average, card)
