@@ -21,6 +21,7 @@ import torch
 from .cascade import RecursiveCascadeNetwork
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .options import NO_MODEL
+from .spatial import invert_flow
 
 __all__ = [
     "MODELS_DIR",
@@ -115,38 +116,56 @@ class Model:
         device: torch.device = torch.device("cpu"),
         callback: Optional[Callable[[int, int], None]] = None,
         amp: Optional[bool] = None,
+        symmetric: bool = False,
     ) -> torch.Tensor:
         """The composed pull-back flow ``(1, 3, X, Y, Z)`` (voxels of the network grid) on the CPU.
 
         ``cascades``: use only the first k deformable cascades; ``repeat``: test-time shared-weight
         repeats (1 … :data:`MAX_REPEAT`); ``amp``: run the networks under bf16 autocast (warping and
         composition stay fp32) or not, for this call only (``None``: the network's own setting). All three
-        need a :class:`RecursiveCascadeNetwork`.
+        need a :class:`RecursiveCascadeNetwork`. ``symmetric``: also predict the reverse pair (moving →
+        fixed) and return the mean of the forward flow and the reverse flow's inverse
+        (:func:`~rcreg.spatial.invert_flow`): swapping the images gives (to first order) the inverse
+        result, and an image paired with itself gets no motion; twice the network's time.
         """
         if not 1 <= repeat <= MAX_REPEAT:
             raise ValueError(f"--repeat must be 1…{MAX_REPEAT}, got {repeat}")
         fixed, moving = fixed.to(device), moving.to(device)
+        options = dict(cascades=cascades, repeat=repeat, device=device, amp=amp)
         with torch.inference_mode():
-            if self.network is not None:
-                if cascades is not None and not 0 <= cascades <= self.network.n_cascades:
-                    raise ValueError(f"--cascades must be 0…{self.network.n_cascades} for model {self.name}, got {cascades}")
-                self.network.to(device).eval()
-                own = self.network.amp
-                self.network.amp = own if amp is None else amp
-                try:
-                    flow = self.network(fixed, moving, repeat=repeat, callback=callback, cascades=cascades).flow
-                finally:
-                    self.network.amp = own
+            if not symmetric:
+                flow = self._flow(fixed, moving, callback=callback, **options)
             else:
-                if cascades is not None or repeat != 1 or amp:
-                    raise ValueError(f"cascades/repeat/amp need a recursive cascade network; {self.name} is a plain predictor")
-                flow = self.predictor(fixed, moving)
-                if callback:
-                    callback(1, 1)
+                def half(offset: int) -> Optional[Callable[[int, int], None]]:
+                    return callback and (lambda done, total: callback(offset * total + done, 2 * total))
+
+                forward = self._flow(fixed, moving, callback=half(0), **options)
+                flow = 0.5 * (forward + invert_flow(self._flow(moving, fixed, callback=half(1), **options)))
+        return flow.float().cpu()
+
+    def _flow(self, fixed: torch.Tensor, moving: torch.Tensor, *, cascades: Optional[int], repeat: int,
+              device: torch.device, callback: Optional[Callable[[int, int], None]], amp: Optional[bool]) -> torch.Tensor:
+        """One prediction for (fixed, moving), on ``device`` (see :meth:`predict`)."""
+        if self.network is not None:
+            if cascades is not None and not 0 <= cascades <= self.network.n_cascades:
+                raise ValueError(f"--cascades must be 0…{self.network.n_cascades} for model {self.name}, got {cascades}")
+            self.network.to(device).eval()
+            own = self.network.amp
+            self.network.amp = own if amp is None else amp
+            try:
+                flow = self.network(fixed, moving, repeat=repeat, callback=callback, cascades=cascades).flow
+            finally:
+                self.network.amp = own
+        else:
+            if cascades is not None or repeat != 1 or amp:
+                raise ValueError(f"cascades/repeat/amp need a recursive cascade network; {self.name} is a plain predictor")
+            flow = self.predictor(fixed, moving)
+            if callback:
+                callback(1, 1)
         if tuple(flow.shape) != (1, 3, *fixed.shape[2:]):
             raise ValueError(f"model {self.name} returned a flow of shape {tuple(flow.shape)}, "
                              f"expected {(1, 3, *fixed.shape[2:])}")
-        return flow.float().cpu()
+        return flow.float()
 
 
 def training_steps(card: dict) -> int:

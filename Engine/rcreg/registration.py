@@ -352,6 +352,7 @@ def register(
     repeat: int = 1,
     device: str | torch.device = "auto",
     amp: Optional[bool] = None,
+    symmetric: bool = False,
     moving_labels: Optional[ImageLike] = None,
     fixed_labels: Optional[ImageLike] = None,
     moving_points=None,
@@ -376,6 +377,9 @@ def register(
             ``None``: where the device computes bf16 natively (:func:`rcreg.models.native_bf16`) and the
             model is a cascade network (a network passed in gets its ``amp`` attribute back afterwards).
             Changes the network's field by ~0.01 voxel (docs/performance.md#bf16-network).
+        symmetric: the network's field is the mean of its prediction and the inverse of its prediction for
+            the swapped pair (:meth:`rcreg.models.Model.predict`): inverse-consistent to first order, no motion
+            for an image registered to itself; twice the network's time (docs/registration.md#symmetric).
         moving_labels, fixed_labels: label maps on their image's grid (warped labels, Dice, HD95).
         moving_points, fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays; fixed points are mapped into
             moving space, and with both the landmark error is reported.
@@ -453,6 +457,7 @@ def register(
     if resolved is not None:
         report(0.1, f"running model {resolved.name} on {dev.type}")
         flow = resolved.predict(fixed_t, moving_t, cascades=cascades, repeat=repeat, device=dev, amp=amp,
+                                symmetric=symmetric,
                                 callback=lambda done, total: report(0.1 + network_share * done / total,
                                                                     f"cascade {done}/{total}"))
         t = stage("network", t)
@@ -503,6 +508,7 @@ def register(
         "repeat": repeat,
         "device": dev.type,
         "amp": bool(amp and resolved is not None),
+        "symmetric": bool(symmetric and resolved is not None),
         "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing}
                          if resolved is not None else None),
         "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None

@@ -22,6 +22,7 @@ __all__ = [
     "apply_matrix",
     "jacobian_determinant",
     "integrate_velocity",
+    "invert_flow",
     "resize_flow",
 ]
 
@@ -147,6 +148,24 @@ def integrate_velocity(velocity: torch.Tensor, steps: Optional[int] = None) -> t
     for _ in range(steps):
         flow = compose(flow, flow)
     return flow
+
+
+def invert_flow(flow: torch.Tensor, *, iterations: int = 30, tolerance: float = 1e-2) -> torch.Tensor:
+    """The flow of the inverse map: ``w`` with ``p + w(p) = φ⁻¹(p)`` for ``φ(p) = p + flow(p)``.
+
+    flow: ``(B, 3, X, Y, Z)`` in voxels. Fixed-point iteration ``w ← −flow(p + w(p))`` from ``w = −flow``,
+    stopped when the largest update is below ``tolerance`` voxels or after ``iterations``; it converges
+    where the map is invertible with ``|∇flow| < 1`` (smooth registrations, affine parts included).
+    Near the grid's border, where ``φ⁻¹(p)`` leaves the grid, ``flow`` is read at the border.
+    """
+    inverse = -flow
+    for _ in range(iterations):
+        update = -warp(flow, inverse)
+        change = float((update - inverse).abs().max())
+        inverse = update
+        if change < tolerance:
+            break
+    return inverse
 
 
 def resize_flow(flow: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

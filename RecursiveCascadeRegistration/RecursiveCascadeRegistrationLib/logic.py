@@ -108,6 +108,7 @@ class RecursiveCascadeRegistrationLogic:
         outputSegmentationNode=None,
         fixedMaskNode=None,
         initialAlignment: str = "none",
+        symmetric: bool = False,
         refineIterations: Optional[int] = None,
         refineSimilarity: Optional[str] = None,
         refineWeight: Optional[float] = None,
@@ -132,6 +133,8 @@ class RecursiveCascadeRegistrationLogic:
                 segments matched by name).
             fixedMaskNode: a segmentation whose segments, together, mark the fixed region to register.
             initialAlignment: ``"none"``, ``"geometry"`` or ``"mass"``.
+            symmetric: average the network's prediction with the inverse of its prediction for the swapped
+                pair (inverse-consistent; ``rcreg.register``'s ``symmetric``).
             refineIterations: test-time refinement at the finest level (``None``: the model card's
                 default, ``0``: the network only).
             refineSimilarity, refineWeight, refineRegularization, refineLevels, refineSpacing: override the
@@ -210,7 +213,7 @@ class RecursiveCascadeRegistrationLogic:
                 result = rcreg.register(
                     moving, fixed, model=model, cascades=cascades, repeat=repeat, device=device,
                     moving_labels=movingLabels, fixed_labels=fixedLabels, mask=mask,
-                    initial_alignment=initialAlignment, refine=refine, cancel=cancelCallback,
+                    initial_alignment=initialAlignment, symmetric=symmetric, refine=refine, cancel=cancelCallback,
                     progress=lambda fraction, message: report(0.05 + 0.85 * fraction, message),
                 )
 

@@ -86,6 +86,27 @@ def test_checkpoint_network_and_predictor(tmp_path):
         resolve_model(lambda f, m: torch.zeros(1, 3, 4, 4, 4)).predict(fixed, moving)
 
 
+def test_symmetric_prediction_averages_the_forward_flow_and_the_reverse_flows_inverse():
+    """A predictor that returns the same flow whatever the order (a bias) gets cancelled: the mean of u and
+    u's inverse is second order in u; an inverse-consistent predictor (translation by the difference of the
+    image means, which changes sign with the order) is left as it is."""
+    fixed, moving = torch.zeros(1, 1, 12, 14, 10), torch.ones(1, 1, 12, 14, 10)
+    x = torch.linspace(0, 1, 12).view(1, 1, 12, 1, 1).expand(1, 3, 12, 14, 10)
+
+    def biased(f, m):
+        return 0.2 * torch.sin(3 * x)
+
+    def consistent(f, m):
+        return torch.full((1, 3, *f.shape[2:]), 0.7) * float(m.mean() - f.mean())
+
+    ticks = []
+    symmetric = resolve_model(biased).predict(fixed, moving, symmetric=True, callback=lambda d, t: ticks.append((d, t)))
+    assert ticks == [(1, 2), (2, 2)]
+    assert symmetric.abs().max() < 0.1 * biased(fixed, moving).abs().max()
+    torch.testing.assert_close(resolve_model(consistent).predict(fixed, moving, symmetric=True),
+                               consistent(fixed, moving), atol=1e-5, rtol=0)
+
+
 def test_cascades_and_repeat_select_stages():
     net = RecursiveCascadeNetwork("vtn", n_cascades=3, width=0.125).eval()
     model = resolve_model(net)

@@ -199,7 +199,7 @@ def test_apply_cli_matches_register_outputs(saved, tmp_path):
         np.testing.assert_allclose(read_points(tmp_path / "p.csv"), points + shift, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [["--no-amp"], ["--cascades", "1", "--repeat", "2", "--amp"]])
+@pytest.mark.parametrize("extra", [["--no-amp"], ["--cascades", "1", "--repeat", "2", "--amp", "--symmetric"]])
 def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, capsys):
     fixed, moving, _ = oblique_pair
     sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
@@ -217,10 +217,11 @@ def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, ca
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
     assert {stat.S_IMODE((tmp_path / "out" / n).stat().st_mode) for n in names} == {0o666 & ~umask}
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["amp"] == ("--amp" in extra)
+    assert metrics["amp"] == ("--amp" in extra) and metrics["symmetric"] == ("--symmetric" in extra)
     assert metrics["model"] == "random" and set(metrics["timings_s"]) >= {"read", "preprocess", "network", "field", "resample"}
     stderr = capsys.readouterr().err
     expected_cascades = 1 + (2 if "--cascades" not in extra else 1 * 2)  # affine + deformable × repeat
+    expected_cascades *= 2 if "--symmetric" in extra else 1  # both orders of the pair
     assert f"cascade {expected_cascades}/{expected_cascades}" in stderr
     # The saved transform reproduces the saved image for an arbitrary (random-network) field too.
     transform = sitk.ReadTransform(str(tmp_path / "out" / "transform.h5"))

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "cuda:N (default auto: CUDA when available)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network in bf16 (default: where the device computes bf16 natively)")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="the network's field is the mean of its prediction and the inverse of the swapped pair's: "
+                        "inverse-consistent, no motion for an image registered to itself (twice the network's time)")
     parser.add_argument("--dense-field", action="store_true",
                         help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
     parser.add_argument("--dense-metrics", action="store_true",
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output_dir, "--output-dir")  # before any work, not after it
     set_threads(args.threads)
     options = dict(model=args.model, cascades=args.cascades, repeat=args.repeat, device=args.device, amp=args.amp,
-                   initial_alignment=args.initial_alignment, refine=refine_arguments(args),
+                   symmetric=args.symmetric, initial_alignment=args.initial_alignment, refine=refine_arguments(args),
                    dense_metrics=args.dense_metrics)
     save = dict(dense_field=args.dense_field, figure=not args.no_figure)
     if args.pairs:

@@ -71,8 +71,10 @@ def _options() -> None:
             with v.VCol():
                 v.VTextField(v_model=(key, "default"), label=label, id=key.replace("_", "-"), density="compact",
                              disabled=("running",), hide_details=True)
-    v.VCheckbox(v_model=("diffeomorphic", False), label="Diffeomorphic refinement", id="diffeomorphic",
-                density="compact", disabled=("running",), hide_details=True)
+    for key, label in (("symmetric", "Symmetric network (inverse-consistent)"),
+                       ("diffeomorphic", "Diffeomorphic refinement")):
+        v.VCheckbox(v_model=(key, False), label=label, id=key, density="compact", disabled=("running",),
+                    hide_details=True)
 
 
 def _run() -> None:
