@@ -16,7 +16,7 @@ from scipy import ndimage
 from rcreg import data
 from rcreg.fields import displacement_transform, flow_to_displacement
 from rcreg.io import array_ijk, image_from_ijk
-from rcreg.registration import resample
+from rcreg.resampling import resample
 from rcreg.training.augmentation import random_smooth_field
 
 

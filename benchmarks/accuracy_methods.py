@@ -18,7 +18,8 @@ import SimpleITK as sitk
 from rcreg import metrics
 from rcreg.fields import displacement_transform, field_jacobian_determinant
 from rcreg.io import array_ijk
-from rcreg.registration import NO_MODEL, register, resample
+from rcreg.registration import NO_MODEL, register
+from rcreg.resampling import resample
 
 from accuracy_cases import Case
 

@@ -33,7 +33,8 @@ from rcreg.fields import displacement_transform  # noqa: E402
 from rcreg.checkpoint import model_from_checkpoint  # noqa: E402
 from rcreg.models import MODELS_DIR, native_bf16, resolve_model  # noqa: E402
 from rcreg.preprocessing import grid_shape, network_grid, normalized_image, on_grid  # noqa: E402
-from rcreg.registration import register, resample  # noqa: E402
+from rcreg.registration import register  # noqa: E402
+from rcreg.resampling import resample  # noqa: E402
 from rcreg.runtime import set_threads  # noqa: E402
 
 CASES = {"brain_mr_t1": ("colin27_t1_brain", 2.0, 12.0), "chest_ct": ("lung2_ct", 2.5, 20.0)}

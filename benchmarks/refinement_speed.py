@@ -28,7 +28,8 @@ from rcreg import data  # noqa: E402
 from rcreg.fields import displacement_transform  # noqa: E402
 from rcreg.losses import local_ncc_loss, local_statistics  # noqa: E402
 from rcreg.refinement import control_shape, regularization_loss  # noqa: E402
-from rcreg.registration import register, resample  # noqa: E402
+from rcreg.registration import register  # noqa: E402
+from rcreg.resampling import resample  # noqa: E402
 from rcreg.runtime import tune_allocator  # noqa: E402
 from rcreg.spatial import resize_flow, warp  # noqa: E402
 

@@ -31,6 +31,7 @@ from .preprocessing import (grid_shape, initial_translation, network_grid, norma
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
 from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions, Region
 from .refinement import refine as refine_flow
+from .resampling import resample
 from .runtime import tune_allocator
 
 __all__ = ["register", "RegistrationResult", "resample", "refine_options", "OUTPUT_FILES", "NO_MODEL"]
@@ -43,16 +44,6 @@ FINEST_REFINEMENT_MM = 1.5
 
 _STAGING = ".{name}.tmp-"  # prefix of a run's staging folder beside its output folder
 _OWNER = ".rcreg-pid"  # file in a staging folder naming the process that writes it
-
-
-def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, labels: bool = False) -> sitk.Image:
-    """Pull ``image`` onto ``reference``'s grid through ``transform`` (pull-back, as ITK does).
-
-    Images: linear interpolation to float32, 0 outside; label maps: nearest neighbour, same type.
-    """
-    if labels:
-        return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0, image.GetPixelID())
-    return sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def _remove_stale_staging(parent: Path, name: str) -> None:

@@ -73,6 +73,7 @@ def chain(paths: list[str], inverse: bool = False) -> sitk.Transform:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import as_image, read_label_map, read_points, write_image, write_points
+    from ..resampling import resample
     from ..runtime import set_threads
 
     set_threads(args.threads)
@@ -94,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     points = read_points(args.points) if args.points else None
     outputs = []
     if image is not None:
-        outputs.append((sitk.Resample(image, reference, transform, INTERPOLATIONS[args.interpolation], 0.0,
-                                      sitk.sitkFloat32), args.output))
+        outputs.append((resample(image, reference, transform, interpolator=INTERPOLATIONS[args.interpolation]),
+                        args.output))
     if labels is not None:
         method = sitk.sitkLabelGaussian if args.interpolation == "label" else sitk.sitkNearestNeighbor
         outputs.append((sitk.Resample(labels, reference, transform, method, 0, labels.GetPixelID()), args.output_labels))

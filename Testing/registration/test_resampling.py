@@ -1,0 +1,57 @@
+"""rcreg.resampling.resample: integer images come back in their own type, rounded and clamped (references: numpy
+linear interpolation by hand; the value range of the type)."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from rcreg.cli import main
+from rcreg.resampling import resample
+
+
+def _image(array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 1.0, 1.5))
+    return image
+
+
+def test_an_int16_image_is_rounded_back_to_int16():
+    """A 0.3-voxel shift along x: out[x] = 0.7 a[x] + 0.3 a[x + 1], rounded to the nearest integer (negative
+    values too: truncation towards zero would differ by one on about half of them)."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, (6, 7, 12)).astype(np.int16)  # (z, y, x)
+    out = resample(_image(array), _image(array), sitk.TranslationTransform(3, (0.6, 0.0, 0.0)))  # 0.3 × 2 mm
+    assert out.GetPixelID() == sitk.sitkInt16
+    exact = 0.7 * array[..., :-1] + 0.3 * array[..., 1:]
+    clear = np.abs(np.abs(exact - np.trunc(exact)) - 0.5) > 1e-3  # not a tie (ties: float32 decides)
+    assert clear.mean() > 0.8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out)[..., :-1][clear], np.rint(exact)[clear])
+
+
+def test_float_images_stay_float32_and_labels_keep_their_values():
+    array = np.linspace(0, 1, 6 * 7 * 8).reshape(6, 7, 8)
+    shift = sitk.TranslationTransform(3, (0.6, 0.0, 0.0))
+    out = resample(_image(array), _image(array), shift)
+    assert out.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(sitk.GetArrayFromImage(out)[..., :-1], 0.7 * array[..., :-1] + 0.3 * array[..., 1:],
+                               atol=1e-6)
+    labels = _image((array * 5).astype(np.uint8))
+    assert sitk.GetArrayFromImage(resample(labels, labels, shift, labels=True)).max() == 5
+
+
+def test_apply_clamps_a_bspline_overshoot_into_the_uint8_range(tmp_path):
+    """B-spline interpolation of a 0 → 255 step overshoots past 255 and below 0; a uint8 output is clamped to
+    [0, 255] (a plain cast would wrap around)."""
+    step = np.zeros((8, 8, 16), dtype=np.uint8)
+    step[..., 8:] = 255
+    sitk.WriteImage(_image(step), str(tmp_path / "step.nrrd"))
+    sitk.WriteTransform(sitk.TranslationTransform(3, (0.7, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    assert main(["apply", "-t", str(tmp_path / "shift.tfm"), "--reference", str(tmp_path / "step.nrrd"),
+                 "--image", str(tmp_path / "step.nrrd"), "--output", str(tmp_path / "out.nrrd"), "-n", "bspline"]) == 0
+    out = sitk.ReadImage(str(tmp_path / "out.nrrd"))
+    floating = sitk.Resample(_image(step), _image(step), sitk.TranslationTransform(3, (0.7, 0.0, 0.0)),
+                             sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    assert sitk.GetArrayFromImage(floating).max() > 255.5 and sitk.GetArrayFromImage(floating).min() < -0.5
+    values = sitk.GetArrayFromImage(out)
+    assert out.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(values, np.clip(np.rint(sitk.GetArrayFromImage(floating)), 0, 255))
