@@ -153,17 +153,19 @@ def integrate_velocity(velocity: torch.Tensor, steps: Optional[int] = None) -> t
 def invert_flow(flow: torch.Tensor, *, iterations: int = 30, tolerance: float = 1e-2) -> torch.Tensor:
     """The flow of the inverse map: ``w`` with ``p + w(p) = φ⁻¹(p)`` for ``φ(p) = p + flow(p)``.
 
-    flow: ``(B, 3, X, Y, Z)`` in voxels. Fixed-point iteration ``w ← −flow(p + w(p))`` from ``w = −flow``,
-    stopped when the largest update is below ``tolerance`` voxels or after ``iterations``; it converges
-    where the map is invertible with ``|∇flow| < 1`` (smooth registrations, affine parts included).
-    Near the grid's border, where ``φ⁻¹(p)`` leaves the grid, ``flow`` is read at the border.
+    flow: ``(B, 3, X, Y, Z)`` in voxels. Damped fixed-point iteration from ``w = −flow``: the residual
+    ``r = w + flow(p + w(p))`` (zero for the inverse) is removed by ¾ per step, ``w ← w − ¾ r`` (the undamped
+    step oscillates where the map compresses strongly: on real CT pairs it needed 30 iterations for a worse
+    inverse). Stops after ``iterations``, once no residual exceeds ``tolerance`` voxels, or once their mean is
+    below ``tolerance`` / 100 (where the map is not invertible — a fold, a region mapped outside the grid —
+    the largest residual never falls). Near the grid's border ``flow`` is read at the border.
     """
     inverse = -flow
     for _ in range(iterations):
-        update = -warp(flow, inverse)
-        change = float((update - inverse).abs().max())
-        inverse = update
-        if change < tolerance:
+        residual = inverse + warp(flow, inverse)
+        inverse = inverse - 0.75 * residual
+        size = residual.abs()
+        if float(size.max()) < tolerance or float(size.mean()) < tolerance / 100:
             break
     return inverse
 

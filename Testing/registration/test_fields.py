@@ -7,7 +7,8 @@ import SimpleITK as sitk
 import torch
 
 from volumes import make_image, rotation, voxel_centres
-from rcreg.fields import displacement_transform, field_jacobian_determinant, flow_to_displacement
+from rcreg.fields import (compact_displacement, displacement_transform, field_jacobian_determinant, flow_to_displacement,
+                          inverse_transform)
 from rcreg.preprocessing import network_grid
 
 
@@ -105,3 +106,25 @@ def test_displacement_transform_does_not_consume_the_field():
     transform = displacement_transform(field)
     assert field.GetSize() == (5, 5, 5)
     np.testing.assert_allclose(transform.TransformPoint((2.0, 2.0, 2.0)), (3.0, 3.0, 3.0))
+
+
+def test_inverse_transform_matches_itk_inversion_on_an_oblique_grid():
+    """The inverse of a compact field (oblique, anisotropic grid) against ITK's InvertDisplacementField on the
+    same grid: the inverse displacements agree to 0.01 mm inside, and the round trip p → φ⁻¹(φ(p)) (which
+    interpolates both fields between their grid points) is no worse than with ITK's inverse."""
+    fixed = make_image([29, 23, 17], [1.1, 0.8, 2.7], rotation(0.4, 0.1, -0.6), [5.0, -12.0, 30.0], lambda p: p[..., 0])
+    grid = network_grid(fixed, (20, 16, 12))
+    field = compact_displacement(smooth_flow(grid.GetSize(), amplitude=1.5), grid)
+    ours = inverse_transform(field)
+    itk = sitk.InvertDisplacementField(field, maximumNumberOfIterations=200, maxErrorToleranceThreshold=1e-4,
+                                       meanErrorToleranceThreshold=1e-6, enforceBoundaryCondition=False)
+    itk.CopyInformation(field)
+    reference = displacement_transform(itk)
+    inside = [field.TransformIndexToPhysicalPoint([int(i) + 3 for i in index])  # 3 voxels from the border
+              for index in np.ndindex(*(n - 6 for n in field.GetSize()))][::7]
+    shift = [np.subtract(ours.TransformPoint(p), reference.TransformPoint(p)) for p in inside]
+    assert np.abs(shift).max() < 0.01
+    forward = displacement_transform(field)
+    trips = [np.mean([np.linalg.norm(np.subtract(inverse.TransformPoint(forward.TransformPoint(p)), p)) for p in inside])
+             for inverse in (ours, reference)]
+    assert trips[0] < trips[1] + 0.002 and trips[0] < 0.1 and np.abs(sitk.GetArrayViewFromImage(field)).max() > 1.0
