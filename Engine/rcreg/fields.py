@@ -177,12 +177,13 @@ def inverse_transform(field: sitk.Image, translation: Sequence[float] = (0.0, 0.
                       iterations: int = 50, tolerance: float = 1e-3) -> sitk.Transform:
     """The inverse of :func:`registration_transform`, ``q ↦ φ⁻¹(q − t)``.
 
-    φ⁻¹ is the fixed-point inverse (:func:`rcreg.spatial.invert_flow`, at most ``iterations``, until no
-    vector changes by ``tolerance`` voxels) of the compact field on its own grid (it is defined on the fixed
-    side, where the moving points land after removing ``t``). On the benchmark's fields it matches ITK's
-    ``InvertDisplacementField`` (round-trip median and p95 within 0.02 mm) in ¼ of its time on brains.
+    φ⁻¹ is the damped fixed-point inverse (:func:`rcreg.spatial.invert_flow`: at most ``iterations``, until no
+    residual exceeds ``tolerance`` voxels or their mean falls below ``tolerance`` / 100) of the compact field
+    on its own grid (it is defined on the fixed side, where the moving points land after removing ``t``). On
+    the benchmark's fields it matches ITK's ``InvertDisplacementField`` (round-trip median and p95 within
+    0.02 mm) in ¼ of its time on brains.
     """
-    inverse_flow = invert_flow(displacement_to_voxel_flow(field), iterations=iterations, tolerance=tolerance)
+    inverse_flow = invert_flow(displacement_to_voxel_flow(field).contiguous(), iterations=iterations, tolerance=tolerance)
     inverse = image_from_ijk(np.tensordot(inverse_flow[0].double().numpy(), _index_matrix(field), axes=([0], [1])))
     inverse.CopyInformation(field)
     transform = displacement_transform(inverse)

@@ -126,7 +126,8 @@ class Model:
         need a :class:`RecursiveCascadeNetwork`. ``symmetric``: also predict the reverse pair (moving →
         fixed) and return the mean of the forward flow and the reverse flow's inverse
         (:func:`~rcreg.spatial.invert_flow`): swapping the images gives (to first order) the inverse
-        result, and an image paired with itself gets no motion; twice the network's time.
+        result, and an image paired with itself hardly moves (what is left is second order in the field); twice
+        the network's time.
         """
         if not 1 <= repeat <= MAX_REPEAT:
             raise ValueError(f"--repeat must be 1…{MAX_REPEAT}, got {repeat}")

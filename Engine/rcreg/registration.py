@@ -369,8 +369,8 @@ def register(
             model is a cascade network (a network passed in gets its ``amp`` attribute back afterwards).
             Changes the network's field by ~0.01 voxel (docs/performance.md#bf16-network).
         symmetric: the network's field is the mean of its prediction and the inverse of its prediction for
-            the swapped pair (:meth:`rcreg.models.Model.predict`): inverse-consistent to first order, no motion
-            for an image registered to itself; twice the network's time (docs/registration.md#symmetric).
+            the swapped pair (:meth:`rcreg.models.Model.predict`): inverse-consistent to first order, almost no
+            motion for an image registered to itself; twice the network's time (docs/registration.md#symmetric).
         moving_labels, fixed_labels: label maps on their image's grid (warped labels, Dice, HD95).
         moving_points, fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays; fixed points are mapped into
             moving space, and with both the landmark error is reported.
@@ -425,6 +425,8 @@ def register(
     options = refine_options(refine, card)
     if resolved is None and options.iterations == 0:
         raise InputError("model 'none' registers by refinement alone: give refinement iterations > 0")
+    if resolved is None and symmetric:
+        raise InputError("symmetric averages the network's two directions: model 'none' has no network")
     dev = select_device(device)
     if amp is None:
         amp = resolved is not None and resolved.network is not None and native_bf16(dev)
@@ -499,7 +501,7 @@ def register(
         "repeat": repeat,
         "device": dev.type,
         "amp": bool(amp and resolved is not None),
-        "symmetric": bool(symmetric and resolved is not None),
+        "symmetric": bool(symmetric),
         "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing}
                          if resolved is not None else None),
         "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None

@@ -1,6 +1,7 @@
 """Resampling images and label maps onto another grid through a transform (no torch: ``rcreg apply`` uses it)."""
 from __future__ import annotations
 
+import numpy as np
 import SimpleITK as sitk
 
 __all__ = ["INTEGER_PIXEL_TYPES", "resample"]
@@ -8,20 +9,27 @@ __all__ = ["INTEGER_PIXEL_TYPES", "resample"]
 #: Scalar integer pixel types: images of these types are resampled back into their own type.
 INTEGER_PIXEL_TYPES = frozenset((sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
                                  sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64))
+#: Integer types whose values float32 cannot hold exactly (and ``sitk.Round``, which rounds through 32-bit
+#: integers, cannot round above 2³⁰): interpolated in float64 and rounded by numpy.
+_WIDE_INTEGER_TYPES = frozenset((sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64))
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, labels: bool = False,
              interpolator: int = sitk.sitkLinear) -> sitk.Image:
     """Pull ``image`` onto ``reference``'s grid through ``transform`` (pull-back, as ITK does), 0 outside.
 
-    Images: interpolated (``interpolator``, default linear) in float32, then — for an integer image — rounded
-    and clamped back into its own pixel type, as ITK's, SimpleITK's and Slicer's resampling keep the input's
+    Images: interpolated (``interpolator``, default linear) in float32 (float64 for 32- and 64-bit integers),
+    then — for an integer image — rounded and clamped back into its own pixel type, as ITK's, SimpleITK's and Slicer's resampling keep the input's
     type (half the bytes of float32 for an int16 CT); other images stay float32. Label maps: nearest
     neighbour, same type.
     """
     if labels:
         return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+    pixel = image.GetPixelID()
+    if pixel in _WIDE_INTEGER_TYPES:
+        out = sitk.Resample(image, reference, transform, interpolator, 0.0, sitk.sitkFloat64)
+        rounded = sitk.GetImageFromArray(np.rint(sitk.GetArrayViewFromImage(out)))
+        rounded.CopyInformation(out)
+        return sitk.Clamp(rounded, pixel)
     out = sitk.Resample(image, reference, transform, interpolator, 0.0, sitk.sitkFloat32)
-    if image.GetPixelID() in INTEGER_PIXEL_TYPES:
-        out = sitk.Clamp(sitk.Round(out), image.GetPixelID())
-    return out
+    return sitk.Clamp(sitk.Round(out), pixel) if pixel in INTEGER_PIXEL_TYPES else out

@@ -172,10 +172,14 @@ def test_an_image_registered_to_itself_hardly_moves_with_the_network_alone():
 @pytest.mark.network
 def test_the_symmetric_network_does_not_move_an_image_registered_to_itself():
     """With ``symmetric`` (the network's flow averaged with the inverse of its flow for the swapped pair) a held-out
-    brain registered to itself moves less than 0.3 mm — by construction: both orders give the same flow."""
+    brain registered to itself moves less than 0.3 mm (the issue's target) — by construction, both orders give
+    the same flow, so what is left is second order: below 0.05 mm and a fifth of the plain network's motion."""
     brain = _colin27_2mm()
+    mask = _foreground(brain)
     result = register(brain, brain, model="brain_mr_t1", refine=0, device="cpu", symmetric=True)
-    assert result.metrics["symmetric"] and _mean_norm(result.displacement, _foreground(brain)) < 0.3
+    plain = register(brain, brain, model="brain_mr_t1", refine=0, device="cpu")
+    moved = _mean_norm(result.displacement, mask)
+    assert result.metrics["symmetric"] and moved < 0.05 and moved < 0.2 * _mean_norm(plain.displacement, mask)
 
 
 @pytest.mark.network

@@ -167,7 +167,9 @@ def test_cancel_stops_the_refinement(deformed_pair):
     assert len(calls) == 4
 
 
-def test_model_none_needs_iterations(deformed_pair):
+def test_model_none_needs_iterations_and_has_no_symmetric_network(deformed_pair):
     fixed, moving, _, _ = deformed_pair
     with pytest.raises(ValueError, match="refinement alone"):
         register(moving, fixed, model="none", refine=0)
+    with pytest.raises(ValueError, match="^symmetric averages the network's two directions: model 'none' has no network$"):
+        register(moving, fixed, model="none", refine=5, symmetric=True)

@@ -55,3 +55,16 @@ def test_apply_clamps_a_bspline_overshoot_into_the_uint8_range(tmp_path):
     values = sitk.GetArrayFromImage(out)
     assert out.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(values, np.clip(np.rint(sitk.GetArrayFromImage(floating)), 0, 255))
+
+
+def test_wide_integers_keep_values_float32_and_sitk_round_would_lose():
+    """int32 values near ±2·10⁹ (beyond float32's 2²⁴ exact integers and sitk.Round's 2³⁰) shifted by whole
+    voxels come back exactly; a 0.5-voxel shift gives the exact mean of neighbours, rounded."""
+    array = np.array([-2_000_000_001, 2_000_000_001, 1_999_999_999, -7, 16_777_217, 0], dtype=np.int32)
+    image = _image(np.tile(array, (3, 3, 1)))
+    out = resample(image, image, sitk.TranslationTransform(3, (2.0, 0.0, 0.0)))  # one voxel (2 mm) along x
+    assert out.GetPixelID() == sitk.sitkInt32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out)[1, 1, :-1], array[1:])
+    half = resample(image, image, sitk.TranslationTransform(3, (1.0, 0.0, 0.0)))
+    means = (array[:-1].astype(np.int64) + array[1:]) / 2
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(half)[1, 1, :-1], np.rint(means))

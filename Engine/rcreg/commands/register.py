@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the network in bf16 (default: where the device computes bf16 natively)")
     parser.add_argument("--symmetric", action="store_true",
                         help="the network's field is the mean of its prediction and the inverse of the swapped pair's: "
-                        "inverse-consistent, no motion for an image registered to itself (twice the network's time)")
+                        "inverse-consistent, almost no motion for an image registered to itself (twice the network's time)")
     parser.add_argument("--dense-field", action="store_true",
                         help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
     parser.add_argument("--dense-metrics", action="store_true",
