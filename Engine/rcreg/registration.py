@@ -483,7 +483,7 @@ def register(
     report(0.8, "resampling the moving image")
     warped = resample(moving, fixed, transform)
     initial = sitk.TranslationTransform(3, shift.tolist())  # "before": after the initial alignment only
-    moving_on_fixed = resample(moving, fixed, initial)
+    moving_on_fixed = resample(moving, fixed, initial, keep_type=False)  # for metrics and the figure only
     warped_labels = resample(moving_lab, fixed, transform, labels=True) if moving_lab is not None else None
     mapped = np.array([transform.TransformPoint(p.tolist()) for p in points_f]) if points_f is not None else None
     t = stage("resample", t)

@@ -15,17 +15,18 @@ _WIDE_INTEGER_TYPES = frozenset((sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt6
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, labels: bool = False,
-             interpolator: int = sitk.sitkLinear) -> sitk.Image:
+             interpolator: int = sitk.sitkLinear, keep_type: bool = True) -> sitk.Image:
     """Pull ``image`` onto ``reference``'s grid through ``transform`` (pull-back, as ITK does), 0 outside.
 
     Images: interpolated (``interpolator``, default linear) in float32 (float64 for 32- and 64-bit integers),
-    then — for an integer image — rounded and clamped back into its own pixel type, as ITK's, SimpleITK's and Slicer's resampling keep the input's
-    type (half the bytes of float32 for an int16 CT); other images stay float32. Label maps: nearest
-    neighbour, same type.
+    then — for an integer image, with ``keep_type`` — rounded and clamped back into its own pixel type, as
+    ITK's, SimpleITK's and Slicer's resampling keep the input's type (half the bytes of float32 for an int16
+    CT); otherwise float32 (``keep_type=False``: for images only measured or drawn, which need no rounding).
+    Label maps: nearest neighbour, same type.
     """
     if labels:
         return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0, image.GetPixelID())
-    pixel = image.GetPixelID()
+    pixel = image.GetPixelID() if keep_type else sitk.sitkFloat32
     if pixel in _WIDE_INTEGER_TYPES:
         out = sitk.Resample(image, reference, transform, interpolator, 0.0, sitk.sitkFloat64)
         rounded = sitk.GetImageFromArray(np.rint(sitk.GetArrayViewFromImage(out)))

@@ -26,6 +26,9 @@ def test_an_int16_image_is_rounded_back_to_int16():
     clear = np.abs(np.abs(exact - np.trunc(exact)) - 0.5) > 1e-3  # not a tie (ties: float32 decides)
     assert clear.mean() > 0.8
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out)[..., :-1][clear], np.rint(exact)[clear])
+    measured = resample(_image(array), _image(array), sitk.TranslationTransform(3, (0.6, 0.0, 0.0)), keep_type=False)
+    assert measured.GetPixelID() == sitk.sitkFloat32  # images only measured or drawn are not rounded
+    np.testing.assert_allclose(sitk.GetArrayFromImage(measured)[..., :-1], exact, atol=1e-3)
 
 
 def test_float_images_stay_float32_and_labels_keep_their_values():
