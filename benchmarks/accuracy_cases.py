@@ -73,6 +73,28 @@ def tissue_labels(brain: sitk.Image) -> sitk.Image:
     return image_from_ijk(out, brain)
 
 
+#: Simulated MR contrasts: the intensity of each tissue class (CSF-like, GM, WM of :func:`tissue_labels`)
+#: relative to the brightest, roughly as in adult brain MR at 1.5–3 T (T1: WM > GM > CSF; T2: CSF > GM > WM;
+#: PD: GM > WM ≳ CSF).
+CONTRASTS = {"T2-like": (1.0, 0.6, 0.4), "PD-like": (0.8, 1.0, 0.75)}
+
+
+def simulated_contrast(brain: sitk.Image, labels: sitk.Image, contrast: str) -> sitk.Image:
+    """A skull-stripped T1 given another MR contrast by a piecewise-linear intensity map.
+
+    The map sends the mean T1 intensity of each tissue class of ``labels`` (:func:`tissue_labels`) to
+    that class's value in :data:`CONTRASTS` and 0 to 0 (background stays dark), linearly in between and
+    constant above the WM mean, so partial-volume voxels and texture within a class carry over. The result
+    is an approximation (no relaxation model, no noise or bias change) for measuring whether a method
+    depends on the T1 contrast, not a substitute for real T2 or PD scans.
+    """
+    t1, classes = array_ijk(brain).astype(np.float64), array_ijk(labels)
+    means = [t1[classes == k].mean() for k in (1, 2, 3)]
+    out = np.interp(t1, [0.0, *means], [0.0, *CONTRASTS[contrast]]) * np.percentile(t1[classes > 0], 99)
+    out[classes == 0] = 0.0
+    return image_from_ijk(out.astype(np.float32), brain)
+
+
 def ct_labels(ct: sitk.Image) -> sitk.Image:
     """Body and lungs of a CT in HU: 1 body outside the lungs, 2 lungs.
 

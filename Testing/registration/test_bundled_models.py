@@ -111,10 +111,18 @@ def _mean_norm(field: sitk.Image, mask: np.ndarray) -> float:
     return float(np.linalg.norm(sitk.GetArrayFromImage(field), axis=-1)[mask].mean())
 
 
-def _held_out_known_field() -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-    """(moving, fixed, true field): a held-out brain and its resampling through a known SimpleITK B-spline
-    transform, whose displacement (SimpleITK's own) is the field a registration should find."""
-    brain = _colin27_2mm()
+def _t2_like(brain: sitk.Image) -> sitk.Image:
+    """A skull-stripped T1 with its brain intensities inverted (CSF brightest, WM darkest, as in T2), background 0."""
+    top = float(sitk.GetArrayViewFromImage(brain).max())
+    inside = sitk.Cast(brain > 0.02 * top, sitk.sitkFloat32)
+    return (1.1 * top - brain) * inside
+
+
+def _held_out_known_field(t2_like: bool = False) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """(moving, fixed, true field): a held-out brain (T1, or :func:`_t2_like`) and its resampling through a
+    known SimpleITK B-spline transform, whose displacement (SimpleITK's own) is the field a registration
+    should find."""
+    brain = _t2_like(_colin27_2mm()) if t2_like else _colin27_2mm()
     transform = sitk.BSplineTransformInitializer(brain, [2, 2, 2], order=3)
     transform.SetParameters(np.random.default_rng(5).uniform(-8.0, 8.0, len(transform.GetParameters())).tolist())
     fixed = sitk.Resample(brain, brain, transform, sitk.sitkLinear, 0.0)
@@ -136,6 +144,31 @@ def test_brain_model_alone_reduces_a_known_field_on_held_out_anatomy():
     estimate = register(moving, fixed, model="brain_mr_t1", refine=0, device="cpu").displacement
     before, after = _mean_norm(truth, mask), _mean_norm(_difference(estimate, truth), mask)
     assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.network
+def test_the_default_registration_recovers_a_known_field_in_a_t2_like_contrast():
+    """The brain model was trained on T1 only; on a T2-like held-out brain the default registration (network +
+    local-NCC refinement, which needs only the same contrast on both sides) still cuts the error against the
+    known field to under a quarter of the deformation."""
+    moving, fixed, truth = _held_out_known_field(t2_like=True)
+    mask = _foreground(fixed)
+    estimate = register(moving, fixed, device="cpu").displacement
+    before, after = _mean_norm(truth, mask), _mean_norm(_difference(estimate, truth), mask)
+    assert after < 0.25 * before, (before, after)
+
+
+@pytest.mark.network
+@pytest.mark.xfail(strict=True, reason="issue 12's contrast coverage, not met: the T1-trained brain network alone "
+                   "leaves 2.5× its T1 error on a T2-like brain (1.84 vs 0.75 mm here; worse than no registration "
+                   "on the benchmark's Colin27 field: docs/contrast.md)")
+def test_brain_model_alone_is_as_accurate_in_a_t2_like_contrast_as_in_t1():
+    errors = []
+    for t2_like in (False, True):
+        moving, fixed, truth = _held_out_known_field(t2_like)
+        estimate = register(moving, fixed, model="brain_mr_t1", refine=0, device="cpu").displacement
+        errors.append(_mean_norm(_difference(estimate, truth), _foreground(fixed)))
+    assert errors[1] < 1.25 * errors[0], errors
 
 
 @pytest.mark.network
