@@ -14,7 +14,7 @@ from typing import Literal, Optional, get_args
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
            "Region", "REGIONS", "RefineOptions", "check_ncc_window", "NO_MODEL", "OUTPUT_FILES"]
 
-Similarity = Literal["ncc", "correlation", "mse", "mi"]
+Similarity = Literal["ncc", "pearson", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
@@ -57,7 +57,7 @@ class RefineOptions:
     iterations: Adam steps at the finest level, each coarser level runs twice as many as the next
     finer one (0 = no refinement); levels: pyramid levels, each half the resolution of the next;
     spacing: finest level spacing in mm (``None``: the fixed image's finest spacing, but no finer than
-    1.5 mm — see docs/performance.md); similarity: ``ncc`` (local, ``window``³ voxels), ``correlation``
+    1.5 mm — see docs/performance.md); similarity: ``ncc`` (local, ``ncc_window``³ voxels), ``pearson``
     (global Pearson), ``mse``, ``mi`` (mutual information, for CT and pairs of different contrasts);
     regularization: ``diffusion`` (squared first derivatives) or ``bending`` (squared second
     derivatives) of the refinement, with ``weight``; control: control-point spacing in voxels of
@@ -73,7 +73,7 @@ class RefineOptions:
     levels: int = 3
     spacing: Optional[float] = None
     similarity: Similarity = "ncc"
-    window: int = 5
+    ncc_window: int = 5
     regularization: Regularization = "diffusion"
     weight: float = 1.0
     control: int = 2
@@ -103,7 +103,7 @@ class RefineOptions:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        check_ncc_window(self.window)
+        check_ncc_window(self.ncc_window)
 
     def level_iterations(self) -> list[int]:
         """Iterations per level, coarse to fine."""

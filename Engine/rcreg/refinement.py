@@ -33,7 +33,7 @@ __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "R
 
 #: Similarities measured on a random voxel sample (drawn anew every iteration, as elastix's random
 #: coordinate sampler does) instead of every voxel; local NCC needs whole neighbourhoods.
-_SAMPLED = ("correlation", "mse", "mi")
+_SAMPLED = ("pearson", "mse", "mi")
 
 
 class Cancelled(RuntimeError):
@@ -115,7 +115,7 @@ class _Level:
             if not len(self.candidates):
                 raise ValueError("the refinement mask is empty at this resolution")
         else:
-            self.fixed_statistics = local_statistics(fixed, options.window)
+            self.fixed_statistics = local_statistics(fixed, options.ncc_window)
 
     def loss(self, displacement_on_control: torch.Tensor) -> torch.Tensor:
         """Similarity loss for a displacement given on the control grid (control-grid voxels)."""
@@ -134,12 +134,12 @@ class _Level:
             w = _sample(self.moving, points + moved)
             if options.similarity == "mi":
                 return mutual_information_loss(f, w)
-            if options.similarity == "correlation":
+            if options.similarity == "pearson":
                 return pearson_loss(f.unsqueeze(0), w.unsqueeze(0))
             return mse_loss(f, w)
         flow = resize_flow(displacement_on_control, self.shape)
         warped = warp(self.moving, flow if self.base is None else flow + self.base)
-        return local_ncc_loss(self.fixed, warped, options.window, weights=self.mask,
+        return local_ncc_loss(self.fixed, warped, options.ncc_window, weights=self.mask,
                               fixed_statistics=self.fixed_statistics)
 
 

@@ -16,7 +16,7 @@ FROM_FILE = "<file>"
 #: Choice (and empty model value) that leaves a setting to the model card's default.
 DEFAULT = "default"
 INITIAL_ALIGNMENTS = ("none", "geometry", "mass")          # rcreg.options.ALIGNMENTS
-REFINE_SIMILARITIES = ("ncc", "correlation", "mse", "mi")  # rcreg.options.SIMILARITIES
+REFINE_SIMILARITIES = ("ncc", "pearson", "mse", "mi")  # rcreg.options.SIMILARITIES
 
 
 def modelChoices(bundled: Sequence[str]) -> list[str]:

@@ -138,7 +138,7 @@ class RecursiveCascadeRegistrationLogic:
             refineIterations: test-time refinement at the finest level (``None``: the model card's
                 default, ``0``: the network only).
             refineSimilarity, refineWeight, refineRegularization, refineLevels, refineSpacing: override the
-                card's refinement defaults when given (``ncc``/``correlation``/``mse``/``mi``;
+                card's refinement defaults when given (``ncc``/``pearson``/``mse``/``mi``;
                 ``diffusion``/``bending``; spacing in mm).
             diffeomorphic: refine a stationary velocity field (det J > 0).
             progressCallback: ``progressCallback(fraction, message)`` as the run advances; raising

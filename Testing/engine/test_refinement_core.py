@@ -99,7 +99,7 @@ def test_cancel_raises():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"iterations": -1}, "iterations"), ({"similarity": "nmi"}, "similarity"), ({"window": 4}, "window"),
+    ({"iterations": -1}, "iterations"), ({"similarity": "nmi"}, "similarity"), ({"ncc_window": 4}, "window"),
     ({"levels": 0}, "levels"), ({"weight": -1.0}, "weight"), ({"regularization": "tv"}, "regularization"),
 ])
 def test_bad_options_are_refused(bad, message):

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Adam iterations at the finest level (coarser levels run 2×, 4×, …); 0 = network only "
                         f"(default: the model card's, else {defaults.iterations})")
     refine.add_argument("--refine-similarity", choices=SIMILARITIES,
-                        help=f"ncc (local), correlation, mse or mi (CT, different contrasts); default {defaults.similarity}")
+                        help=f"ncc (local), pearson (global correlation), mse or mi (CT, different contrasts); default {defaults.similarity}")
     refine.add_argument("--refine-weight", type=float, help=f"regularisation weight (default {defaults.weight})")
     refine.add_argument("--refine-regularization", choices=REGULARIZATIONS,
                         help=f"smoothness term (default {defaults.regularization})")
