@@ -18,7 +18,8 @@ def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform
              interpolator: int = sitk.sitkLinear, keep_type: bool = True) -> sitk.Image:
     """Pull ``image`` onto ``reference``'s grid through ``transform`` (pull-back, as ITK does), 0 outside.
 
-    Images: interpolated (``interpolator``, default linear) in float32 (float64 for 32- and 64-bit integers),
+    Images: interpolated (``interpolator``, default linear; ITK computes in double from the input's own
+    values) into float32 (float64 for 32- and 64-bit integers kept in their type),
     then — for an integer image, with ``keep_type`` — rounded and clamped back into its own pixel type, as
     ITK's, SimpleITK's and Slicer's resampling keep the input's type (half the bytes of float32 for an int16
     CT); otherwise float32 (``keep_type=False``: for images only measured or drawn, which need no rounding).

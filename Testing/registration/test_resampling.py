@@ -71,3 +71,14 @@ def test_wide_integers_keep_values_float32_and_sitk_round_would_lose():
     half = resample(image, image, sitk.TranslationTransform(3, (1.0, 0.0, 0.0)))
     means = (array[:-1].astype(np.int64) + array[1:]) / 2
     np.testing.assert_array_equal(sitk.GetArrayFromImage(half)[1, 1, :-1], np.rint(means))
+
+
+def test_wide_integers_measured_as_float32_are_rounded_once():
+    """``keep_type=False`` (an image only measured) returns float32, but an int32 image is not cast to float32
+    before interpolating: each value is the exact mean of its neighbours, rounded once to float32."""
+    array = np.array([16_777_217, 16_777_219, 2_000_000_001, 1_999_999_998, 5], dtype=np.int32)
+    image = _image(np.tile(array, (3, 3, 1)))
+    half = resample(image, image, sitk.TranslationTransform(3, (1.0, 0.0, 0.0)), keep_type=False)
+    assert half.GetPixelID() == sitk.sitkFloat32
+    means = ((array[:-1].astype(np.float64) + array[1:]) / 2).astype(np.float32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(half)[1, 1, :-1], means)
