@@ -1,8 +1,9 @@
 """Registering a cohort: many (moving, fixed) pairs with the model loaded once (``rcreg register --pairs``).
 
-A pairs file is a CSV with a header: ``moving`` and ``fixed`` columns (paths, relative to the CSV's
-folder unless absolute), optional ``moving_labels``, ``fixed_labels``, ``mask`` and ``name`` (the
-pair's sub-folder; default: the row number and the moving file's stem). Each pair's outputs go into
+The pairs come from a pair list (``rcreg.datalists``: CSV or JSON, the format training and ``rcreg evaluate``
+read): ``moving`` and ``fixed`` columns (paths, relative to the list's folder unless absolute), optional
+``moving_labels``, ``fixed_labels``, ``mask`` and ``name`` (the pair's sub-folder; default: the row number
+and the moving file's stem); other columns (landmarks) are ignored. Each pair's outputs go into
 its own sub-folder of the output folder, written as one transaction (:meth:`RegistrationResult.save`),
 so a pair whose folder holds ``metrics.json`` is finished and is skipped when the run is repeated —
 an interrupted cohort resumes where it stopped. ``summary.csv`` lists every finished pair. Under
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .io import InputError, as_image, atomic_path, check_input_path
+from .datalists import read_pair_rows
+from .io import InputError, as_image, atomic_path
 from .models import resolve_model
 from .registration import NO_MODEL, OUTPUT_FILES, model_for, register
 
@@ -46,27 +48,15 @@ class Pair:
 
 
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
-    """Read a pairs CSV (see the module docstring); one-line :class:`InputError` naming the file otherwise."""
-    path = check_input_path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
-    if not rows or not {"moving", "fixed"} <= set(rows[0]):
-        raise InputError(f"{path}: a pairs file needs a header with 'moving' and 'fixed' columns and at least one row")
-    base = path.parent
+    """Read a pair list (CSV or JSON, ``rcreg.datalists``): its ``moving``, ``fixed``, ``moving_labels``,
+    ``fixed_labels``, ``mask`` and ``name`` columns; one-line :class:`InputError` naming the file otherwise."""
     pairs, names = [], set()
-    for number, row in enumerate(rows, start=1):
-        if not (row.get("moving") or "").strip() or not (row.get("fixed") or "").strip():
-            raise InputError(f"{path}: row {number} has an empty moving or fixed path")
-        paths = {key: base / row[key].strip() for key in ("moving", "fixed", *_OPTIONAL) if (row.get(key) or "").strip()}
-        stem = _IMAGE_SUFFIX.sub("", paths["moving"].name)
-        name = (row.get("name") or "").strip() or f"{number:04d}_{stem}"
+    for number, row in enumerate(read_pair_rows(path, _OPTIONAL), start=1):
+        name = row.pop("name") or f"{number:04d}_{_IMAGE_SUFFIX.sub('', row['moving'].name)}"
         if "/" in name or name in (".", "..") or name in names:
             raise InputError(f"{path}: row {number}: pair name {name!r} is not a unique folder name")
         names.add(name)
-        pairs.append(Pair(name=name, **paths))
+        pairs.append(Pair(name=name, **row))
     return pairs
 
 

@@ -106,3 +106,23 @@ def test_pairwise_pairs_stay_within_each_list(phantom_list, tmp_path):
     assert len(pairs) == 3 * 2 + 2 * 1 and (3, 4) in pairs and (0, 3) not in pairs and (4, 2) not in pairs
     with pytest.raises(InputError, match="at least 2 training images in each list.*phantom00"):
         resolve_sources(TrainConfig(train=f"{folder / 'phantom0[0-2].nii.gz'};{folder / 'phantom00.nii.gz'}"))
+
+
+def test_one_pair_list_serves_training_evaluation_and_cohort_registration(tmp_path):
+    """A JSON pair list with landmarks and a mask: training/evaluation read the landmarks and ignore the mask,
+    the cohort reader the mask and the name and ignores the landmarks; both resolve the same files."""
+    from rcreg.cohort import read_pairs
+
+    for name in ("m.nii.gz", "f.nii.gz", "mask.nii.gz", "f.csv"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = tmp_path / "pairs.json"
+    listing.write_text(json.dumps([{"moving": "m.nii.gz", "fixed": "f.nii.gz", "mask": "mask.nii.gz",
+                                    "fixed_landmarks": "f.csv", "name": "case1"}]), encoding="utf-8")
+    (entry,), (pair,) = read_pair_list(listing), read_pairs(listing)
+    assert (entry.moving.image, entry.fixed.image, entry.fixed.landmarks) == (tmp_path / "m.nii.gz", tmp_path / "f.nii.gz",
+                                                                           tmp_path / "f.csv")
+    assert (pair.name, pair.moving, pair.fixed, pair.mask) == ("case1", tmp_path / "m.nii.gz", tmp_path / "f.nii.gz",
+                                                               tmp_path / "mask.nii.gz")
+    (tmp_path / "mask.nii.gz").unlink()
+    with pytest.raises(InputError, match="mask file not found"):
+        read_pairs(listing)

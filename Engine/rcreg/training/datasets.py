@@ -8,7 +8,6 @@ Tensors are on the network grid, axes in ITK index order (docs/conventions.md).
 """
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -22,6 +21,7 @@ import SimpleITK as sitk
 import torch
 
 from ..checkpoint import atomic_save
+from ..datalists import listed_path, read_pair_rows, read_records
 from ..io import InputError, read_points
 from ..preprocessing import preprocess, preprocess_labels
 
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
-_PAIR_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_landmarks", "moving_landmarks")
+_PAIR_KEYS = ("fixed_labels", "moving_labels", "fixed_landmarks", "moving_landmarks")  # the optional columns used
 
 
 @dataclass(frozen=True)
@@ -67,44 +67,6 @@ class PairEntry:
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _existing(value: Optional[str], base: Path, source: Path, column: str) -> Optional[Path]:
-    """Resolve ``value`` relative to ``base``; raise a one-line error naming the list if it is missing."""
-    if value is None or str(value).strip() == "":
-        return None
-    path = Path(str(value).strip()).expanduser()
-    path = path if path.is_absolute() else base / path
-    if not path.exists():
-        raise InputError(f"{source}: {column} file not found: {path}")
-    return path
-
-
-def _records(source: Path) -> list[dict]:
-    """Rows of a CSV file (with a header), entries of a JSON list or lines of a text file (one image path a
-    line, VoxelMorph's format; blank lines and ``#`` comments skipped), as dictionaries."""
-    try:
-        if source.suffix.lower() == ".txt":
-            lines = (line.strip() for line in source.read_text(encoding="utf-8").splitlines())
-            rows = [{"image": line} for line in lines if line and not line.startswith("#")]
-        elif source.suffix.lower() == ".csv":
-            with open(source, newline="", encoding="utf-8") as fh:
-                rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-                        for row in csv.DictReader(line for line in fh if not line.startswith("#"))]
-        else:
-            data = json.loads(source.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                data = data.get("pairs", data.get("images"))
-            if not isinstance(data, list):
-                raise InputError(f"{source}: expected a JSON list (or an object with 'images' or 'pairs')")
-            rows = [{"image": d} if isinstance(d, str) else d for d in data]
-            if not all(isinstance(r, dict) for r in rows):
-                raise InputError(f"{source}: every JSON entry must be a path or an object")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise InputError(f"{source}: cannot read data list ({str(exc).splitlines()[0]})") from None
-    if not rows:
-        raise InputError(f"{source}: data list is empty")
-    return rows
 
 
 def _sample_entries(spec: str) -> list[ImageEntry]:
@@ -146,29 +108,19 @@ def read_image_list(source: str | os.PathLike) -> list[ImageEntry]:
     if path.suffix.lower() not in (".csv", ".json", ".txt"):
         return [ImageEntry(path)]
     entries = []
-    for row in _records(path):
+    for row in read_records(path):
         if not row.get("image"):
             raise InputError(f"{path}: every entry needs an 'image' (columns: image, labels, landmarks)")
-        entries.append(ImageEntry(*(_existing(row.get(k), path.parent, path, k) for k in ("image", "labels", "landmarks"))))
+        entries.append(ImageEntry(*(listed_path(row.get(k), path.parent, path, k) for k in ("image", "labels", "landmarks"))))
     return entries
 
 
 def read_pair_list(source: str | os.PathLike) -> list[PairEntry]:
-    """Explicit pairs from a CSV or JSON list with keys ``fixed``, ``moving`` and optionally
+    """Explicit pairs from a pair list (``rcreg.datalists``): ``fixed``, ``moving`` and optionally
     ``fixed_labels``, ``moving_labels``, ``fixed_landmarks``, ``moving_landmarks``."""
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise InputError(f"pair list not found: {path}")
-    if path.suffix.lower() not in (".csv", ".json"):
-        raise InputError(f"{path}: a pair list must be a CSV or JSON file with columns fixed, moving")
-    pairs = []
-    for row in _records(path):
-        if not row.get("fixed") or not row.get("moving"):
-            raise InputError(f"{path}: every pair needs 'fixed' and 'moving' (got keys {sorted(row)})")
-        f = {k: _existing(row.get(k), path.parent, path, k) for k in _PAIR_KEYS}
-        pairs.append(PairEntry(ImageEntry(f["fixed"], f["fixed_labels"], f["fixed_landmarks"]),
-                               ImageEntry(f["moving"], f["moving_labels"], f["moving_landmarks"])))
-    return pairs
+    return [PairEntry(ImageEntry(r["fixed"], r["fixed_labels"], r["fixed_landmarks"]),
+                      ImageEntry(r["moving"], r["moving_labels"], r["moving_landmarks"]))
+            for r in read_pair_rows(source, _PAIR_KEYS)]
 
 
 @dataclass
