@@ -30,6 +30,7 @@ from ablations import BUNDLED, domain_cases  # noqa: E402
 from accuracy_cases import CONTRASTS, Case, simulated_contrast  # noqa: E402
 from accuracy_methods import identity, score  # noqa: E402
 from rcreg.fields import displacement_transform  # noqa: E402
+from rcreg.io import atomic_path  # noqa: E402
 from rcreg.registration import register  # noqa: E402
 from rcreg.resampling import resample  # noqa: E402
 from rcreg.runtime import set_threads  # noqa: E402
@@ -86,9 +87,8 @@ def main() -> None:
             f"torch {torch.__version__}); what it measures and how the contrasts are made: the script's docstring. "
             "Each cell: field error against the known field (mm) / Dice of the tissue labels; both images of a pair "
             "in the column's contrast.\n\n" + "\n".join(lines) + "\n")
-    partial = args.report.with_suffix(".md.partial")
-    partial.write_text(text)
-    partial.replace(args.report)
+    with atomic_path(args.report) as partial:
+        partial.write_text(text, encoding="utf-8")
     print(f"\n{args.report}")
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations import BUNDLED, SELF, domain_cases, self_images  # noqa: E402
 from accuracy_methods import score  # noqa: E402
 from rcreg.fields import round_trip_error  # noqa: E402
-from rcreg.io import array_ijk  # noqa: E402
+from rcreg.io import array_ijk, atomic_path  # noqa: E402
 from rcreg.registration import register  # noqa: E402
 from rcreg.runtime import set_threads  # noqa: E402
 
@@ -87,9 +87,8 @@ def main() -> None:
               f"[registration.md](registration.md#symmetric).\n")
     text = (header + "\n## Held-out cases, registered both ways\n\n" + "\n".join(cases)
             + "\n\n## An image registered to itself: mean |u| (mm)\n\n" + "\n".join(selfs) + "\n")
-    partial = args.report.with_suffix(".md.partial")
-    partial.write_text(text)
-    partial.replace(args.report)
+    with atomic_path(args.report) as partial:
+        partial.write_text(text, encoding="utf-8")
     print(f"\n{args.report}")
 
 
