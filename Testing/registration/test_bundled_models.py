@@ -30,6 +30,7 @@ def test_brain_and_ct_models_are_bundled_with_complete_cards():
         assert card["training"]["iterations"] > 0 and card["training"]["data"]["train"], name
         for case in card["evaluation"]["cases"]:  # held-out scores stored by Training/bundle_model.py
             assert 0 < case["model"]["dice_mean"] <= 1 and case["model"]["folding_pct"] >= 0, (name, case["case"])
+            assert 0 < case["model_refined"]["dice_mean"] <= 1, (name, case["case"])  # the default registration too
 
 
 def _known_field(image: sitk.Image, amplitude_mm: float, seed: int) -> tuple[sitk.Image, sitk.Image]:
