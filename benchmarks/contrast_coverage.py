@@ -17,6 +17,7 @@ its T1 error in every column.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -48,9 +49,7 @@ def contrast_cases() -> list[tuple[str, Case]]:
         for contrast in CONTRASTS:
             moving = simulated_contrast(case.moving, case.moving_labels, contrast)
             fixed = resample(moving, moving, displacement_transform(case.true_field))
-            out.append((contrast, Case(case.name, case.kind, case.domain, fixed, moving, case.fixed_labels,
-                                       case.moving_labels, case.label_names, case.foreground, case.true_field,
-                                       case.note)))
+            out.append((contrast, dataclasses.replace(case, fixed=fixed, moving=moving)))
     return out
 
 
