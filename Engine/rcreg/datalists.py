@@ -62,9 +62,13 @@ def listed_path(value: Optional[str], base: Path, source: Path, column: str) -> 
     return path
 
 
-def read_pair_rows(source: str | os.PathLike, optional: Sequence[str] = PAIR_COLUMNS[2:]) -> list[dict]:
+def read_pair_rows(source: str | os.PathLike, optional: Sequence[str]) -> list[dict]:
     """The rows of a pair list: per row ``{column: Path or None}`` for ``moving``, ``fixed`` and the
-    ``optional`` columns (every listed file checked to exist), plus the row's ``name`` (stripped; ``""`` if none)."""
+    ``optional`` columns the caller uses (a subset of :data:`PAIR_COLUMNS`; every listed file checked to
+    exist), plus the row's ``name`` (stripped; ``""`` if none)."""
+    unknown = set(optional) - set(PAIR_COLUMNS[2:])
+    if unknown:
+        raise ValueError(f"not optional pair-list columns: {', '.join(sorted(unknown))}")
     path = check_input_path(Path(source).expanduser())
     if path.suffix.lower() not in (".csv", ".json"):
         raise InputError(f"{path}: a pair list must be a CSV or JSON file with columns moving, fixed")
