@@ -13,10 +13,11 @@ import SimpleITK as sitk
 import torch
 
 from .io import image_from_ijk
-from .spatial import invert_flow, jacobian_determinant
+from .spatial import invert_flow, jacobian_determinant, sample
 
 __all__ = [
     "flow_to_displacement",
+    "flow_on_grid",
     "displacement_transform",
     "displacement_to_voxel_flow",
     "field_jacobian_determinant",
@@ -56,6 +57,38 @@ def _interpolate_axis(x: np.ndarray, axis: int, weights, out: Optional[np.ndarra
     return result
 
 
+def _to_mm(flow: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Voxel displacements ``(3, I, J, K)`` times ``matrix`` (``D·diag(s)``) → mm ``(I, J, K, 3)`` (one BLAS
+    product; ``np.tensordot`` copies the operands first and takes 3× as long)."""
+    return (matrix @ flow.reshape(3, -1)).T.reshape(*flow.shape[1:], 3)
+
+
+def _index_map(grid: sitk.Image, target: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, offset)`` with ``scale * index + offset`` the continuous index in ``grid`` of the ``target``
+    voxel ``index`` (per axis: ``grid`` must share ``target``'s axes)."""
+    to_grid = np.linalg.inv(_index_matrix(grid))
+    index_map = to_grid @ _index_matrix(target)  # target index → grid index (linear part)
+    if np.abs(index_map - np.diag(np.diag(index_map))).max() > 1e-6 * np.abs(index_map).max():
+        raise ValueError("the network grid must share the fixed image's axes (direction)")
+    return np.diag(index_map).copy(), to_grid @ (np.asarray(target.GetOrigin()) - np.asarray(grid.GetOrigin()))
+
+
+def flow_on_grid(flow: torch.Tensor, grid: sitk.Image, target: sitk.Image) -> torch.Tensor:
+    """A pull-back flow in voxels of ``grid`` resampled onto ``target`` (a grid sharing its axes), in voxels of
+    ``target``: ``(1, 3, *target size)`` float32 on ``flow``'s device, trilinear, clamped at ``grid``'s border.
+
+    The same map as :func:`flow_to_displacement` followed by :func:`displacement_to_voxel_flow`, without the
+    float64 physical field in between (both grids share the direction, so the change of units is a per-axis
+    scale: spacing of ``grid`` over spacing of ``target``)."""
+    if flow.dim() != 5 or tuple(flow.shape[1:]) != (3, *grid.GetSize()):
+        raise ValueError(f"flow {tuple(flow.shape)} does not match the network grid {grid.GetSize()}")
+    scale, offset = _index_map(grid, target)
+    axes = [torch.arange(n, dtype=torch.float64) * scale[a] + offset[a] for a, n in enumerate(target.GetSize())]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).view(-1, 3).to(flow.device, torch.float32)
+    to_target = torch.tensor(1.0 / scale, dtype=torch.float32, device=flow.device)  # grid voxels → target voxels
+    return (sample(flow[:1].float(), points) * to_target[:, None]).view(1, 3, *target.GetSize())
+
+
 def flow_to_displacement(
     flow: torch.Tensor, grid: sitk.Image, fixed: sitk.Image, chunk: int = 16,
     translation: Sequence[float] = (0.0, 0.0, 0.0),
@@ -79,16 +112,12 @@ def flow_to_displacement(
         flow = flow[0]
     if flow.dim() != 4 or flow.shape[0] != 3 or tuple(flow.shape[1:]) != tuple(grid.GetSize()):
         raise ValueError(f"flow {tuple(flow.shape)} does not match the network grid {grid.GetSize()}")
-    to_grid = np.linalg.inv(_index_matrix(grid))
-    index_map = to_grid @ _index_matrix(fixed)  # fixed index → grid index (linear part)
-    if np.abs(index_map - np.diag(np.diag(index_map))).max() > 1e-6 * np.abs(index_map).max():
-        raise ValueError("the network grid must share the fixed image's axes (direction)")
-    offset = to_grid @ (np.asarray(fixed.GetOrigin()) - np.asarray(grid.GetOrigin()))
     size_f, size_n = fixed.GetSize(), grid.GetSize()
-    weights = [_linear_weights(np.arange(size_f[a]) * index_map[a, a] + offset[a], size_n[a]) for a in range(3)]
+    scale, offset = _index_map(grid, fixed)
+    weights = [_linear_weights(np.arange(size_f[a]) * scale[a] + offset[a], size_n[a]) for a in range(3)]
     # mm on the network grid in SimpleITK order (z, y, x, c); then along i and j on the small grid,
     # then chunks of fixed k-planes straight into the output.
-    mm = np.ascontiguousarray(np.tensordot(flow.numpy(), _index_matrix(grid), axes=([0], [1])).transpose(2, 1, 0, 3))
+    mm = _to_mm(flow.numpy(), _index_matrix(grid)).transpose(2, 1, 0, 3).copy()
     mm += np.asarray(translation, dtype=np.float64)  # interpolation weights sum to 1: the constant is kept
     coarse = _interpolate_axis(_interpolate_axis(mm, 2, weights[0]), 1, weights[1])  # (Z, J, I, 3)
     out = np.empty((size_f[2], size_f[1], size_f[0], 3), dtype=np.float64)
@@ -145,7 +174,7 @@ def compact_displacement(flow: torch.Tensor, grid: sitk.Image) -> sitk.Image:
         raise ValueError(f"flow {tuple(flow.shape)} does not match its grid {grid.GetSize()}")
     padded = torch.nn.functional.pad(flow[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
     matrix = _index_matrix(grid)
-    field = image_from_ijk(np.tensordot(padded.numpy(), matrix, axes=([0], [1])))  # (I, J, K, 3) mm
+    field = image_from_ijk(_to_mm(padded.numpy(), matrix))  # (I, J, K, 3) mm
     field.SetSpacing(grid.GetSpacing())
     field.SetDirection(grid.GetDirection())
     field.SetOrigin((np.asarray(grid.GetOrigin()) - matrix @ np.ones(3)).tolist())
@@ -184,7 +213,7 @@ def inverse_transform(field: sitk.Image, translation: Sequence[float] = (0.0, 0.
     0.02 mm) in ¼ of its time on brains.
     """
     inverse_flow = invert_flow(displacement_to_voxel_flow(field).contiguous(), iterations=iterations, tolerance=tolerance)
-    inverse = image_from_ijk(np.tensordot(inverse_flow[0].double().numpy(), _index_matrix(field), axes=([0], [1])))
+    inverse = image_from_ijk(_to_mm(inverse_flow[0].double().numpy(), _index_matrix(field)))
     inverse.CopyInformation(field)
     transform = displacement_transform(inverse)
     if np.any(np.asarray(translation, dtype=float)):

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .losses import local_ncc_loss, local_statistics, mse_loss, mutual_information_loss, pearson_loss
 from .options import REGULARIZATIONS, SIMILARITIES, Regularization, RefineOptions, Similarity
-from .spatial import compose, integrate_velocity, jacobian_determinant, resize_flow, warp
+from .spatial import compose, integrate_velocity, jacobian_determinant, resize_flow, sample, warp
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "RefineOptions", "RefinementResult",
            "Cancelled", "refine", "regularization_loss", "folding_loss", "control_shape"]
@@ -91,16 +90,6 @@ def control_shape(shape: Sequence[int], control: int) -> list[int]:
     return [max(2, math.ceil((n - 1) / control) + 1) for n in shape]
 
 
-def _sample(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of ``volume`` ``(1, C, X, Y, Z)`` at voxel positions ``points`` ``(N, 3)`` → ``(C, N)``
-    (border values outside)."""
-    shape = volume.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=points.device, dtype=points.dtype)
-    grid = (points * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3)
-    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.view(volume.shape[1], -1)
-
-
 class _Level:
     """The similarity at one pyramid level between ``fixed`` and ``moving`` warped by a displacement."""
 
@@ -127,11 +116,11 @@ class _Level:
             coarse = displacement_on_control.shape[2:]
             to_control = torch.tensor([(c - 1) / max(n - 1, 1) for c, n in zip(coarse, self.shape)],
                                       device=points.device, dtype=points.dtype)
-            moved = _sample(displacement_on_control, points * to_control).t() / to_control  # level voxels
+            moved = sample(displacement_on_control, points * to_control).t() / to_control  # level voxels
             if self.base is not None:
-                moved = moved + _sample(self.base, points).t()
-            f = _sample(self.fixed, points)
-            w = _sample(self.moving, points + moved)
+                moved = moved + sample(self.base, points).t()
+            f = sample(self.fixed, points)
+            w = sample(self.moving, points + moved)
             if options.similarity == "mi":
                 return mutual_information_loss(f, w)
             if options.similarity == "pearson":

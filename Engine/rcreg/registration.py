@@ -22,8 +22,8 @@ import SimpleITK as sitk
 import torch
 
 from . import metrics
-from .fields import (compact_displacement, dense_displacement, displacement_to_voxel_flow, field_jacobian_determinant,
-                     flow_to_displacement, inverse_transform, registration_transform, round_trip_error)
+from .fields import (compact_displacement, dense_displacement, field_jacobian_determinant, flow_on_grid,
+                     inverse_transform, registration_transform, round_trip_error)
 from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, process_alive, public_mode, read_label_map,
                  read_points, write_image, write_points, write_transform)
 from .models import DEFAULT_CARD, ModelSpec, default_model, native_bf16, resolve_model, select_device
@@ -331,7 +331,7 @@ def _initial_refinement_flow(flow: Optional[torch.Tensor], grid: Optional[sitk.I
     """The network's flow (voxels of ``grid``) as a flow in voxels of the finest refinement grid (zero without one)."""
     if flow is None:
         return torch.zeros(1, 3, *finest.GetSize())
-    return displacement_to_voxel_flow(flow_to_displacement(flow, grid, finest)).contiguous()
+    return flow_on_grid(flow, grid, finest)
 
 
 def register(

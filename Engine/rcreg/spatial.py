@@ -17,6 +17,7 @@ __all__ = [
     "identity_grid",
     "centered_grid",
     "warp",
+    "sample",
     "compose",
     "affine_flow",
     "apply_matrix",
@@ -94,6 +95,15 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tor
     with torch.autocast(device_type=flow.device.type, enabled=False):
         out = _grid_sample(image.float(), _sampling_grid(flow.float()), mode)
     return out if image.is_floating_point() else out.round().to(image.dtype)
+
+
+def sample(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``volume`` ``(1, C, X, Y, Z)`` at voxel positions ``points`` ``(N, 3)`` (tensor
+    axis order) → ``(C, N)``; positions outside the grid take the border value."""
+    shape = volume.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=points.device, dtype=points.dtype)
+    grid = (points * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3)
+    return _grid_sample(volume, grid, "bilinear").view(volume.shape[1], -1)
 
 
 def compose(previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

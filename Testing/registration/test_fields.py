@@ -7,9 +7,9 @@ import SimpleITK as sitk
 import torch
 
 from volumes import make_image, rotation, voxel_centres
-from rcreg.fields import (compact_displacement, displacement_transform, field_jacobian_determinant, flow_to_displacement,
-                          inverse_transform)
-from rcreg.preprocessing import network_grid
+from rcreg.fields import (compact_displacement, displacement_transform, field_jacobian_determinant, flow_on_grid,
+                          flow_to_displacement, inverse_transform)
+from rcreg.preprocessing import network_grid, refinement_grids
 
 
 def smooth_flow(shape, amplitude: float = 2.0) -> torch.Tensor:
@@ -78,6 +78,34 @@ def test_target_point_formula_on_a_fixed_voxel():
     )
     target = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((q + sample).tolist()))
     np.testing.assert_allclose(field[index], target - p, atol=1e-9)
+
+
+def test_flow_on_another_grid_maps_the_same_points():
+    """A network flow moved onto the finest refinement grid (other spacing, other box, oblique axes) in its
+    voxels: every target voxel must land on the same physical point as the flow sampled on the network grid
+    (reference: ITK's index ↔ point maps and a hand-computed trilinear sample)."""
+    fixed = make_image([31, 22, 13], [1.1, 0.8, 2.7], rotation(0.4, 0.1, -0.6), [5.0, -12.0, 30.0],
+                       lambda p: p[..., 0])
+    grid = network_grid(fixed, (16, 16, 16))
+    target = refinement_grids(fixed, 1.3, 2)[-1]
+    flow = smooth_flow(grid.GetSize(), amplitude=1.5)
+    ours = flow_on_grid(flow, grid, target)
+    assert ours.shape == (1, 3, *target.GetSize()) and ours.dtype == torch.float32
+    f = flow[0].double().numpy()
+    rng = np.random.default_rng(0)
+    for index in zip(*(rng.integers(0, n, 40) for n in target.GetSize())):
+        p = np.asarray(target.TransformIndexToPhysicalPoint([int(i) for i in index]))
+        q = np.clip(grid.TransformPhysicalPointToContinuousIndex(p.tolist()), 0, np.subtract(grid.GetSize(), 1))
+        lo = np.minimum(np.floor(q).astype(int), np.subtract(grid.GetSize(), 2))
+        w = q - lo
+        u = sum(f[:, lo[0] + a, lo[1] + b, lo[2] + c] * (w[0] if a else 1 - w[0]) * (w[1] if b else 1 - w[1])
+                * (w[2] if c else 1 - w[2]) for a in (0, 1) for b in (0, 1) for c in (0, 1))
+        expected = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((q + u).tolist()))
+        moved = np.asarray(index, dtype=float) + ours[(0, slice(None), *index)].double().numpy()
+        landed = np.asarray(target.TransformContinuousIndexToPhysicalPoint(moved.tolist()))
+        # compare displacements (mm): q is clipped as the flow is clamped at the network grid's border
+        np.testing.assert_allclose(landed - p, expected - np.asarray(grid.TransformContinuousIndexToPhysicalPoint(q.tolist())),
+                                   atol=1e-4)
 
 
 def test_grid_with_other_axes_is_refused():
