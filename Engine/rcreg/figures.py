@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .io import array_ijk, atomic_path
+from .resampling import resample
 
 __all__ = ["registration_figure", "checkerboard"]
 
@@ -39,12 +40,16 @@ def _slice(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.swapaxes(plane, 0, 1)
 
 
-def _slice_displacement(transform: sitk.Transform, fixed: sitk.Image, axis: int, index: int) -> np.ndarray:
-    """The displacement (mm) of ``transform`` on the fixed slice ``index`` across ``axis``, laid out as
-    :func:`_slice` lays a slice out: (rows = second in-plane axis, columns = first, 3)."""
+def _plane(fixed: sitk.Image, axis: int, index: int) -> sitk.Image:
+    """The one-voxel-thick fixed slice ``index`` across ``axis``, as an image (its grid for resampling)."""
     box = [slice(None)] * 3
     box[axis] = slice(index, index + 1)
-    plane = fixed[tuple(box)]
+    return fixed[tuple(box)]
+
+
+def _slice_displacement(transform: sitk.Transform, plane: sitk.Image, axis: int) -> np.ndarray:
+    """The displacement (mm) of ``transform`` on a fixed ``plane`` (:func:`_plane`) across ``axis``, laid out
+    as :func:`_slice` lays a slice out: (rows = second in-plane axis, columns = first, 3)."""
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, plane.GetSize(), plane.GetOrigin(),
                                               plane.GetSpacing(), plane.GetDirection())
     volume = array_ijk(field)  # (i, j, k, 3) with one plane along axis
@@ -71,12 +76,13 @@ def _panel(slice01: np.ndarray, aspect: float, axial: bool):
 
 
 def registration_figure(
-    fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, transform: sitk.Transform,
+    fixed: sitk.Image, moving: sitk.Image, before: sitk.Transform, warped: sitk.Image, transform: sitk.Transform,
     path: str | os.PathLike, grid_lines: int = 24,
 ) -> Path:
     """Save a PNG with one row per orthogonal plane (middle slices of the fixed grid).
 
-    Columns: fixed, moving (on the fixed grid, before registration), warped, checkerboard of fixed
+    Columns: fixed, moving (its own grid, resampled through ``before`` — the initial alignment — onto the
+    fixed slices only, as it was before registration), warped, checkerboard of fixed
     and warped, and the deformation grid — lines of the fixed grid displaced by the in-plane
     components of the pull-back ``transform``'s displacement, sampled on the slice only (in voxels, the
     slice's mean displacement removed so a large overall shift does not push the grid out of view),
@@ -86,7 +92,7 @@ def registration_figure(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    vols = [array_ijk(im, view=True) for im in (fixed, moving, warped)]
+    vols = [array_ijk(im, view=True) for im in (fixed, warped)]
     index_matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
     to_voxels = np.linalg.inv(index_matrix)
     centre = [n // 2 for n in fixed.GetSize()]
@@ -98,8 +104,10 @@ def registration_figure(
     for row, (axis, title) in enumerate(_PLANES):
         a, b = [d for d in range(3) if d != axis]  # in-plane axes: columns a, rows b
         aspect = spacing[b] / spacing[a]
-        f, m, w = (_scaled(_slice(v, axis).astype(np.float32)) for v in vols)
-        disp = _slice_displacement(transform, fixed, axis, centre[axis]) @ to_voxels.T  # (b, a, 3) voxels
+        plane = _plane(fixed, axis, centre[axis])
+        moving_plane = array_ijk(resample(moving, plane, before, keep_type=False))  # a copy: the image is temporary
+        f, m, w = (_scaled(_slice(v, axis).astype(np.float32)) for v in (vols[0], moving_plane, vols[1]))
+        disp = _slice_displacement(transform, plane, axis) @ to_voxels.T  # (b, a, 3) voxels
         disp = disp - disp.mean(axis=(0, 1))
         panels = [(f, "fixed"), (m, "moving"), (w, "warped"), (checkerboard(f, w), "fixed | warped"),
                   (0.5 + 0.5 * f, "deformation grid")]  # the fixed slice at half opacity on white

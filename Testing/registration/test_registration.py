@@ -292,3 +292,37 @@ def test_native_bf16_answers_for_every_device_kind():
     from rcreg.models import native_bf16
 
     assert isinstance(native_bf16("cpu"), bool) and native_bf16("meta") is False
+
+
+def test_correlation_metrics_on_a_large_grid_use_every_second_voxel():
+    """Above ``CORRELATION_VOXELS`` the correlations compare every second fixed voxel along each axis; the
+    "before" image is resampled there alone. Reference: SimpleITK's resampling of the moving image onto the
+    whole fixed grid and numpy's correlation over those voxels (a one-voxel misalignment of the subgrid would
+    show: the images are noise)."""
+    from rcreg.registration import CORRELATION_VOXELS
+
+    rng = np.random.default_rng(3)
+    size = (150, 140, 110)
+    assert np.prod(size) > CORRELATION_VOXELS and np.prod(size) <= 8 * CORRELATION_VOXELS
+    fixed = make_image(list(size), [1.0, 1.1, 1.3], rotation(0.2, 0.0, 0.1), [3.0, -4.0, 5.0], lambda p: p[..., 0])
+    noise = sitk.GetImageFromArray(rng.normal(size=size[::-1]).astype(np.float32))
+    noise.CopyInformation(fixed)
+    fixed = sitk.SmoothingRecursiveGaussian(noise, 1.2)
+    moving = sitk.Resample(fixed, fixed, sitk.TranslationTransform(3, (0.7, -0.4, 0.3)), sitk.sitkLinear, 0.0)
+
+    def zero(f, m):
+        return torch.zeros(1, 3, *f.shape[2:])
+
+    zero.card = CARD
+    result = register(moving, fixed, model=zero, refine=0)
+    every_second = (slice(None, None, 2),) * 3
+    fixed_arr = sitk.GetArrayFromImage(fixed)[every_second].ravel()
+    before = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0))[every_second]
+    warped = sitk.GetArrayFromImage(result.warped)[every_second]
+    assert result.metrics["correlation_before"] == pytest.approx(np.corrcoef(before.ravel(), fixed_arr)[0, 1], abs=1e-5)
+    assert result.metrics["correlation_after"] == pytest.approx(np.corrcoef(warped.ravel(), fixed_arr)[0, 1], abs=1e-5)
+    shifted = sitk.GetArrayFromImage(fixed)[1::2, ::2, ::2].ravel()[:fixed_arr.size]
+    assert abs(np.corrcoef(shifted, fixed_arr)[0, 1] - result.metrics["correlation_before"]) > 0.05
+    np.testing.assert_allclose(sitk.GetArrayFromImage(result.moving_on_fixed),
+                               sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)),
+                               atol=1e-4)
