@@ -189,16 +189,21 @@ def _check_nifti_data(path: Path) -> None:
     import nibabel
 
     try:
-        header = nibabel.load(str(path)).header
-    except Exception:  # a header ITK read but nibabel does not: ITK's reading stands
+        loaded = nibabel.load(str(path))
+        header, offset = loaded.header, int(loaded.dataobj.offset)  # the loaded header's vox_offset reads 0
+    except Exception:  # a header nibabel does not read: ITK's reading stands, unless the stream is cut short
+        if path.name.lower().endswith(".gz") and _gzip_ends_early(path):
+            raise InputError(f"{path}: truncated file (its compressed data ends early)") from None
         return
     dtype = header.get_data_dtype()
     expected = int(np.prod(header.get_data_shape())) * dtype.itemsize
+    if dtype.kind not in "fc" and _complete_without_reading(path, offset + expected):
+        return  # integer voxels cannot be NaN: only the length needed checking
     chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
     found = bad = 0
     try:
         with nibabel.openers.ImageOpener(str(path)) as stream:
-            stream.seek(header.get_data_offset())
+            stream.seek(offset)
             while found < expected:
                 block = stream.read(min(chunk, expected - found))
                 if not block:
@@ -215,6 +220,22 @@ def _check_nifti_data(path: Path) -> None:
         raise _truncated(path, expected, found)
     if bad:
         raise _non_finite(str(path), bad)
+
+
+def _complete_without_reading(path: Path, length: int) -> bool:
+    """Whether ``path`` certainly holds ``length`` bytes of data, judged without decompressing it: an
+    uncompressed file by its size; a gzip file by the uncompressed size its trailer records (mod 2³², of its
+    last member only), which a cut file does not end with. ``False`` means "read it to know"."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return size >= length
+    if size < 18:  # a gzip header and trailer
+        return False
+    with open(path, "rb") as stream:
+        if stream.read(2) != b"\x1f\x8b":
+            return False
+        stream.seek(-4, os.SEEK_END)
+        return int.from_bytes(stream.read(4), "little") == length % 2 ** 32
 
 
 def _gzip_ends_early(path: Path) -> bool:

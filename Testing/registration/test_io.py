@@ -56,6 +56,41 @@ def test_nibabel_only_format(tmp_path):
         np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index), ras[:3] * [-1, -1, 1], atol=1e-4)
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_integer_nifti_gz_length_check_from_the_trailer(image, tmp_path, members, monkeypatch):
+    """Integer NIfTI voxels cannot be NaN, so a .nii.gz is judged complete from its gzip trailer without
+    decompressing it; a file written as several gzip members (bgzip, pigz -i) records only the last one's
+    size there and is read in full instead — both are read as written, while the same file cut short is
+    refused (the reference: the array written)."""
+    import gzip
+
+    from rcreg.io import _complete_without_reading
+
+    array = np.random.default_rng(0).integers(-1000, 1000, (20, 24, 28)).astype(np.int16)
+    written = sitk.GetImageFromArray(array)
+    written.SetSpacing(image.GetSpacing())
+    raw = tmp_path / "plain.nii"
+    sitk.WriteImage(written, str(raw))
+    data = raw.read_bytes()
+    path = tmp_path / "image.nii.gz"
+    step = -(-len(data) // members)
+    path.write_bytes(b"".join(gzip.compress(data[i:i + step]) for i in range(0, len(data), step)))
+    assert _complete_without_reading(path, len(data)) == (members == 1)
+    with monkeypatch.context() as patch:
+        if members == 1:  # judged from the trailer: the data are never decompressed by the check
+            patch.setattr(nibabel.openers, "ImageOpener", lambda *a, **k: pytest.fail("data decompressed"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    assert not _complete_without_reading(cut, len(data))
+    with pytest.raises(InputError, match="truncated"):
+        read_image(cut)
+    tiny = tmp_path / "tiny.nii.gz"  # cut inside its header: ITK alone would read zeros
+    tiny.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError, match="truncated"):
+        read_image(tiny)
+
+
 def test_dicom_series_folder(image, tmp_path):
     ct = sitk.Cast(image, sitk.sitkInt16)
     write_dicom_series(ct, tmp_path / "dicom")
