@@ -91,6 +91,28 @@ def test_integer_nifti_gz_length_check_from_the_trailer(image, tmp_path, members
         read_image(tiny)
 
 
+def test_nifti_gz_is_written_as_one_gzip_member_compressed_in_pieces(tmp_path):
+    """``.nii.gz`` outputs: pieces compressed apart join into one gzip member (the references: Python's gzip,
+    ITK's and nibabel's readers, and the trailer check of our reader)."""
+    import gzip
+
+    from rcreg.io import _complete_without_reading, _gzip_parallel
+
+    rng = np.random.default_rng(1)
+    data = bytes(rng.integers(0, 4, 300_000, dtype=np.uint8)) + bytes(50_000) + b"tail"
+    packed = _gzip_parallel(data, 1, block=40_000)  # 9 pieces, each primed with the one before
+    assert gzip.decompress(packed) == data
+    assert len(packed) < 0.5 * len(data)
+    volume = make_image([40, 30, 20], [0.9, 1.2, 2.5], DIRECTION, [1.0, 2.0, 3.0], lambda p: 1000 * np.sin(p[..., 0]))
+    volume = sitk.Cast(volume, sitk.sitkInt16)
+    path = write_image(volume, tmp_path / "out.nii.gz")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+    assert_same(sitk.ReadImage(str(path)), volume)
+    np.testing.assert_array_equal(np.asarray(nibabel.load(str(path)).dataobj).transpose(2, 1, 0),
+                                  sitk.GetArrayFromImage(volume))
+    assert _complete_without_reading(path, len(gzip.decompress(path.read_bytes())))
+
+
 def test_dicom_series_folder(image, tmp_path):
     ct = sitk.Cast(image, sitk.sitkInt16)
     write_dicom_series(ct, tmp_path / "dicom")
