@@ -19,7 +19,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -546,26 +546,36 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _gzip_parallel(data: bytes, level: int, block: int = 1 << 22) -> bytes:
-    """``data`` as one gzip member, compressed in ``block``-byte pieces on every core (zlib releases the GIL).
+def _gzip_parallel(source: BinaryIO, out: BinaryIO, level: int, block: int = 1 << 22) -> None:
+    """Copy ``source`` to ``out`` as one gzip member, compressing ``block``-byte pieces on every core (zlib
+    releases the GIL) with a few pieces in flight, so memory stays a few blocks whatever the size.
 
     Each piece is raw deflate primed with the 32 KiB before it and ended by a full flush on a byte
     boundary, so the pieces join into one deflate stream (pigz's scheme): the file is an ordinary
     single-member gzip whose trailer holds the CRC-32 and length of the whole data."""
-    view = memoryview(data)
+    def piece(data: bytes, primer: bytes, last: bool) -> bytes:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -15, **({"zdict": primer} if primer else {}))
+        return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
 
-    def piece(start: int) -> bytes:
-        primer = {"zdict": bytes(view[max(0, start - 32768):start])} if start else {}
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -15, **primer)
-        end = start + block >= len(data)
-        return deflate.compress(view[start:start + block]) + deflate.flush(zlib.Z_FINISH if end else zlib.Z_FULL_FLUSH)
-
-    workers = min(8, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(8, cores))
+    out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # deflate, no name, no mtime, unknown OS
+    crc = length = 0
+    pending: list[concurrent.futures.Future] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        crc = pool.submit(zlib.crc32, view)
-        pieces = list(pool.map(piece, range(0, max(len(data), 1), block)))
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
-    return header + b"".join(pieces) + struct.pack("<II", crc.result(), len(data) & 0xFFFFFFFF)
+        data, primer = source.read(block), b""
+        while True:
+            following = source.read(block)
+            crc, length = zlib.crc32(data, crc), length + len(data)
+            pending.append(pool.submit(piece, data, primer, not following))
+            if len(pending) > 2 * workers:
+                out.write(pending.pop(0).result())
+            if not following:
+                break
+            data, primer = following, data[-32768:]
+        for future in pending:
+            out.write(future.result())
+    out.write(struct.pack("<II", crc, length & 0xFFFFFFFF))
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:
@@ -581,14 +591,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: i
         plain = tmp.with_name(tmp.name[:-3])
         try:
             _itk_write(lambda: sitk.WriteImage(image, str(plain), False), path, "image")
-            data = plain.read_bytes()
+            try:
+                with open(plain, "rb") as source, open(tmp, "wb") as out:
+                    _gzip_parallel(source, out, compression_level)
+            except OSError as exc:
+                reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+                raise OSError(f"{path}: cannot write image ({reason})") from None
         finally:
             plain.unlink(missing_ok=True)
-        try:
-            tmp.write_bytes(_gzip_parallel(data, compression_level))
-        except OSError as exc:
-            reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-            raise OSError(f"{path}: cannot write image ({reason})") from None
     return path
 
 

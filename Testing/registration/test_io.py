@@ -1,6 +1,7 @@
 """Reading images in every supported form keeps geometry; label maps, points and atomic writes."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 
@@ -100,7 +101,9 @@ def test_nifti_gz_is_written_as_one_gzip_member_compressed_in_pieces(tmp_path):
 
     rng = np.random.default_rng(1)
     data = bytes(rng.integers(0, 4, 300_000, dtype=np.uint8)) + bytes(50_000) + b"tail"
-    packed = _gzip_parallel(data, 1, block=40_000)  # 9 pieces, each primed with the one before
+    packed = io.BytesIO()
+    _gzip_parallel(io.BytesIO(data), packed, 1, block=40_000)  # 9 pieces, each primed with the one before
+    packed = packed.getvalue()
     assert gzip.decompress(packed) == data
     assert len(packed) < 0.5 * len(data)
     volume = make_image([40, 30, 20], [0.9, 1.2, 2.5], DIRECTION, [1.0, 2.0, 3.0], lambda p: 1000 * np.sin(p[..., 0]))
