@@ -83,10 +83,11 @@ def flow_on_grid(flow: torch.Tensor, grid: sitk.Image, target: sitk.Image) -> to
     if flow.dim() != 5 or tuple(flow.shape[1:]) != (3, *grid.GetSize()):
         raise ValueError(f"flow {tuple(flow.shape)} does not match the network grid {grid.GetSize()}")
     scale, offset = _index_map(grid, target)
-    axes = [torch.arange(n, dtype=torch.float64) * scale[a] + offset[a] for a, n in enumerate(target.GetSize())]
-    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).view(-1, 3).to(flow.device, torch.float32)
+    axes = [(torch.arange(n, dtype=torch.float64) * scale[a] + offset[a]).to(flow.device, torch.float32)
+            for a, n in enumerate(target.GetSize())]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).view(-1, 3)
     to_target = torch.tensor(1.0 / scale, dtype=torch.float32, device=flow.device)  # grid voxels → target voxels
-    return (sample(flow[:1].float(), points) * to_target[:, None]).view(1, 3, *target.GetSize())
+    return (sample(flow[:1].detach().float(), points) * to_target[:, None]).view(1, 3, *target.GetSize())
 
 
 def flow_to_displacement(

@@ -76,8 +76,8 @@ def _panel(slice01: np.ndarray, aspect: float, axial: bool):
 
 
 def registration_figure(
-    fixed: sitk.Image, moving: sitk.Image, before: sitk.Transform, warped: sitk.Image, transform: sitk.Transform,
-    path: str | os.PathLike, grid_lines: int = 24,
+    fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, transform: sitk.Transform, path: str | os.PathLike,
+    *, before: sitk.Transform, grid_lines: int = 24,
 ) -> Path:
     """Save a PNG with one row per orthogonal plane (middle slices of the fixed grid).
 

@@ -188,7 +188,8 @@ def _itk_write(call: Callable[[], Any], path: Path, what: str) -> None:
 
 def _check_nifti_data(path: Path) -> None:
     """Refuse a NIfTI file whose voxel data is shorter than its header declares, or holds NaN or
-    infinite values: ITK's reader silently reads both as zeros. One streaming pass, little memory."""
+    infinite values: ITK's reader silently reads both as zeros. Float data: one streaming pass, little
+    memory; integer data: the length only, from the file size or the gzip trailer when that settles it."""
     import nibabel
 
     try:
@@ -226,7 +227,7 @@ def _check_nifti_data(path: Path) -> None:
 
 
 def _complete_without_reading(path: Path, length: int) -> bool:
-    """Whether ``path`` certainly holds ``length`` bytes of data, judged without decompressing it: an
+    """Whether ``path`` holds (at least) ``length`` bytes of data, judged without decompressing it: an
     uncompressed file by its size; a gzip file by the uncompressed size its trailer records (mod 2³², of its
     last member only), which a cut file does not end with. ``False`` means "read it to know"."""
     size = path.stat().st_size
@@ -547,8 +548,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def _gzip_parallel(source: BinaryIO, out: BinaryIO, level: int, block: int = 1 << 22) -> None:
-    """Copy ``source`` to ``out`` as one gzip member, compressing ``block``-byte pieces on every core (zlib
-    releases the GIL) with a few pieces in flight, so memory stays a few blocks whatever the size.
+    """Copy ``source`` to ``out`` as one gzip member, compressing ``block``-byte pieces on up to 8 cores (zlib
+    releases the GIL) with at most twice as many pieces in flight, so memory stays bounded whatever the size.
 
     Each piece is raw deflate primed with the 32 KiB before it and ended by a full flush on a byte
     boundary, so the pieces join into one deflate stream (pigz's scheme): the file is an ordinary
@@ -581,8 +582,9 @@ def _gzip_parallel(source: BinaryIO, out: BinaryIO, level: int, block: int = 1 <
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:
     """Write ``image`` atomically to ``path`` (format from the suffix; compressed where supported).
 
-    ``.nii.gz``: ITK writes the NIfTI file uncompressed beside it and :func:`_gzip_parallel` compresses it
-    (a 256³ int16 image 0.8 → 0.2 s on 2 cores: ITK's own gzip writes through small buffers on one core)."""
+    ``.nii.gz``: ITK writes the NIfTI file uncompressed beside it (so the folder briefly needs room for both)
+    and :func:`_gzip_parallel` compresses it (a 256³ int16 image 0.8 → 0.2 s on 2 cores: ITK's own gzip
+    writes through small buffers on one core)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if not path.name.lower().endswith(".nii.gz"):
@@ -594,8 +596,9 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: i
             try:
                 with open(plain, "rb") as source, open(tmp, "wb") as out:
                     _gzip_parallel(source, out, compression_level)
-            except OSError as exc:
-                reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            except (OSError, zlib.error) as exc:
+                reason = ("no space left on device" if getattr(exc, "errno", None) == errno.ENOSPC
+                          else getattr(exc, "strerror", None) or str(exc))
                 raise OSError(f"{path}: cannot write image ({reason})") from None
         finally:
             plain.unlink(missing_ok=True)

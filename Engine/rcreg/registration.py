@@ -173,8 +173,8 @@ class RegistrationResult:
             (staging / OUTPUT_FILES["metrics"]).write_text(json.dumps(_json_ready(self.metrics), indent=2) + "\n",
                                                            encoding="utf-8")
             if figure:
-                registration_figure(self.fixed, self.moving, self.initial_transform, self.warped, self.transform,
-                                    staging / OUTPUT_FILES["figure"])
+                registration_figure(self.fixed, self.moving, self.warped, self.transform, staging / OUTPUT_FILES["figure"],
+                                    before=self.initial_transform)
                 written.add("figure")
             (staging / _OWNER).unlink()
             if directory.exists():
@@ -342,18 +342,18 @@ def refine_options(refine: RefineSpec, card: dict) -> RefineOptions:
 CORRELATION_VOXELS = 2 ** 21
 
 
-def _correlations(result: RegistrationResult) -> tuple[float, float]:
+def _correlations(result: RegistrationResult) -> tuple[float, float, int]:
     """Pearson correlation of the fixed image with the moving image before registration (initial alignment
     only) and with the warped image, over the fixed voxels — on grids of more than :data:`CORRELATION_VOXELS`,
     over every s-th voxel along each axis (s = 2 for a 1 mm brain or a 256³ volume), where alone the "before"
-    image is resampled (the full one costs 0.4 s at 256³ and serves nothing else)."""
+    image is resampled (the full one costs 0.4 s at 256³ and serves nothing else). Returns both and s."""
     fixed = result.fixed
     stride = max(1, int(np.ceil((np.prod(fixed.GetSize()) / CORRELATION_VOXELS) ** (1 / 3) - 1e-9)))
     points = (slice(None, None, stride),) * 3
     before = resample(result.moving, fixed[points] if stride > 1 else fixed, result.initial_transform, keep_type=False)
     fixed_arr = sitk.GetArrayViewFromImage(fixed)[points]
     return (metrics.correlation(sitk.GetArrayViewFromImage(before), fixed_arr),
-            metrics.correlation(sitk.GetArrayViewFromImage(result.warped)[points], fixed_arr))
+            metrics.correlation(sitk.GetArrayViewFromImage(result.warped)[points], fixed_arr), stride)
 
 
 def _initial_refinement_flow(flow: Optional[torch.Tensor], grid: Optional[sitk.Image], finest: sitk.Image) -> torch.Tensor:
@@ -518,7 +518,7 @@ def register(
     report(0.9, "computing metrics")
     result = RegistrationResult(warped=warped, field=field, translation=shift, transform=transform, fixed=fixed,
                                 moving=moving, warped_labels=warped_labels, mapped_points=mapped)
-    correlation_before, correlation_after = _correlations(result)
+    correlation_before, correlation_after, correlation_stride = _correlations(result)
     interior = (slice(1, -1),) * 3  # the compact field without its one-voxel border
     detj = (field_jacobian_determinant(result.displacement) if dense_metrics
             else field_jacobian_determinant(field)[interior])
@@ -538,6 +538,7 @@ def register(
         "initial_translation_mm": shift.tolist(),
         "correlation_before": correlation_before,
         "correlation_after": correlation_after,
+        "correlation_stride": correlation_stride,
         "jacobian_grid": "fixed" if dense_metrics else "transform",
         "folding_fraction": metrics.folding_fraction(detj),
         "sdlogj": metrics.sdlogj(detj),

@@ -49,7 +49,7 @@ def _slice(figure: np.ndarray, row: int, col: int) -> np.ndarray:
 
 def test_figure_layout_and_orientation(tmp_path):
     image = _volume()
-    path = registration_figure(image, image, _identity(image), image, _identity(image), tmp_path / "figure.png")
+    path = registration_figure(image, image, image, _identity(image), tmp_path / "figure.png", before=_identity(image))
     figure = np.asarray(Image.open(path).convert("RGB"))
     assert figure.shape == (3 * BOX_H, 5 * BOX_W, 3)
     for row in range(3):  # each slice fills exactly its place: white around it, its dark border inside
@@ -77,8 +77,8 @@ def test_moving_column_shows_the_moving_image_through_the_initial_alignment(tmp_
     """The moving column is resampled through ``before`` (pull-back): a translation of +6 mm along i shows the
     axial box (i 30–37) 6 voxels lower in i, while the warped column stays where it was."""
     image = _volume()
-    figure = np.asarray(Image.open(registration_figure(image, image, sitk.TranslationTransform(3, (6.0, 0.0, 0.0)), image,
-                                                       _identity(image), tmp_path / "figure.png")).convert("RGB"))
+    figure = np.asarray(Image.open(registration_figure(image, image, image, _identity(image), tmp_path / "figure.png",
+                                                       before=sitk.TranslationTransform(3, (6.0, 0.0, 0.0)))).convert("RGB"))
     width, height = DRAWN[0]
     for col, x_expected in ((1, 28 / 40), (2, 34 / 40)):
         bright = np.argwhere(_slice(figure, 0, col)[..., 0] > 127)
@@ -92,13 +92,13 @@ def _grid_pixels(figure: np.ndarray, row: int) -> np.ndarray:
 
 def test_deformation_grid_is_drawn_in_its_column_and_ignores_a_uniform_shift(tmp_path):
     image = _volume()
-    still = np.asarray(Image.open(registration_figure(image, image, _identity(image), image, _identity(image),
-                                                      tmp_path / "a.png")).convert("RGB"))
+    still = np.asarray(Image.open(registration_figure(image, image, image, _identity(image), tmp_path / "a.png",
+                                                      before=_identity(image))).convert("RGB"))
     assert all(_grid_pixels(still, row).any() for row in range(3))
     assert not any(np.all(_panel(still, 0, col) == GRID_COLOUR, axis=-1).any() for col in range(4))
     # A uniform shift is removed (the slice's mean displacement), so the grid does not move.
-    shifted = np.asarray(Image.open(registration_figure(image, image, _identity(image), image, sitk.TranslationTransform(3, (3.0, -2.0, 0.0)),
-                                                        tmp_path / "b.png")).convert("RGB"))
+    shifted = np.asarray(Image.open(registration_figure(image, image, image, sitk.TranslationTransform(3, (3.0, -2.0, 0.0)),
+                                                        tmp_path / "b.png", before=_identity(image))).convert("RGB"))
     np.testing.assert_array_equal(_grid_pixels(shifted, 0), _grid_pixels(still, 0))
 
 
@@ -127,8 +127,8 @@ def test_deformation_grid_lines_move_with_the_field(tmp_path, row, component, vo
     step = count // 8
     for name, transform, offset in (("still", _identity(image), lambda c: 0.0),
                                     ("bent", displacement_transform(field), lambda c: -1.0 if c < count // 2 else 1.0)):
-        figure = np.asarray(Image.open(registration_figure(image, image, _identity(image), image, transform, tmp_path / f"{name}.png",
-                                                           grid_lines=8)).convert("RGB"))
+        figure = np.asarray(Image.open(registration_figure(image, image, image, transform, tmp_path / f"{name}.png",
+                                                           before=_identity(image), grid_lines=8)).convert("RGB"))
         positions = np.array([c + offset(c) for c in range(0, count, step)])
         wanted = ((count - 0.5 - positions) if flipped else (positions + 0.5)) * pixels
         wanted = wanted[(wanted >= 0) & (wanted < CELL)]  # a line pushed out of the slice is cut off

@@ -105,6 +105,10 @@ def test_nifti_gz_is_written_as_one_gzip_member_compressed_in_pieces(tmp_path):
     _gzip_parallel(io.BytesIO(data), packed, 1, block=40_000)  # 9 pieces, each primed with the one before
     packed = packed.getvalue()
     assert gzip.decompress(packed) == data
+    for edge in (b"", data[:80_000]):  # nothing, and exactly two whole pieces
+        out = io.BytesIO()
+        _gzip_parallel(io.BytesIO(edge), out, 6, block=40_000)
+        assert gzip.decompress(out.getvalue()) == edge
     assert len(packed) < 0.5 * len(data)
     volume = make_image([40, 30, 20], [0.9, 1.2, 2.5], DIRECTION, [1.0, 2.0, 3.0], lambda p: 1000 * np.sin(p[..., 0]))
     volume = sitk.Cast(volume, sitk.sitkInt16)

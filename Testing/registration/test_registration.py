@@ -321,6 +321,7 @@ def test_correlation_metrics_on_a_large_grid_use_every_second_voxel():
     warped = sitk.GetArrayFromImage(result.warped)[every_second]
     assert result.metrics["correlation_before"] == pytest.approx(np.corrcoef(before.ravel(), fixed_arr)[0, 1], abs=1e-5)
     assert result.metrics["correlation_after"] == pytest.approx(np.corrcoef(warped.ravel(), fixed_arr)[0, 1], abs=1e-5)
+    assert result.metrics["correlation_stride"] == 2
     shifted = sitk.GetArrayFromImage(fixed)[1::2, ::2, ::2].ravel()[:fixed_arr.size]
     assert abs(np.corrcoef(shifted, fixed_arr)[0, 1] - result.metrics["correlation_before"]) > 0.05
     np.testing.assert_allclose(sitk.GetArrayFromImage(result.moving_on_fixed),
