@@ -188,8 +188,9 @@ def _itk_write(call: Callable[[], Any], path: Path, what: str) -> None:
 
 def _check_nifti_data(path: Path) -> None:
     """Refuse a NIfTI file whose voxel data is shorter than its header declares, or holds NaN or
-    infinite values: ITK's reader silently reads both as zeros. Float data: one streaming pass, little
-    memory; integer data: the length only, from the file size or the gzip trailer when that settles it."""
+    infinite values: ITK's reader silently reads both as zeros. Float data: one streaming pass to the end of
+    the file (a gzip file's CRC-32 is checked there, so corrupt data is refused too), little memory; integer
+    data: the length only, from the file size or the gzip trailer when that settles it."""
     import nibabel
 
     try:
@@ -216,6 +217,8 @@ def _check_nifti_data(path: Path) -> None:
                     values = np.frombuffer(block, dtype, count=len(block) // dtype.itemsize)
                     bad += int(values.size - np.count_nonzero(np.isfinite(values)))
                 found += len(block)
+            while found >= expected and stream.read(chunk):  # to the end: gzip checks its CRC-32 there
+                pass
     except EOFError:  # a compressed stream cut short
         raise _truncated(path, expected) from None
     except (OSError, zlib.error) as exc:

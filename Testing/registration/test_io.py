@@ -92,6 +92,21 @@ def test_integer_nifti_gz_length_check_from_the_trailer(image, tmp_path, members
         read_image(tiny)
 
 
+def test_float_nifti_gz_with_corrupt_data_is_refused(tmp_path):
+    """One flipped byte in the compressed voxels of a float .nii.gz: ITK would read wrong values silently; the
+    data check reads to the end of the gzip stream, where its CRC-32 fails (reference: the intact file reads)."""
+    volume = sitk.GetImageFromArray(np.random.default_rng(2).normal(size=(30, 30, 30)).astype(np.float32))
+    path = tmp_path / "good.nii.gz"
+    sitk.WriteImage(volume, str(path), True)
+    assert read_image(path).GetSize() == (30, 30, 30)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"bad\.nii\.gz: corrupt compressed data"):
+        read_image(bad)
+
+
 def test_nifti_gz_is_written_as_one_gzip_member_compressed_in_pieces(tmp_path):
     """``.nii.gz`` outputs: pieces compressed apart join into one gzip member (the references: Python's gzip,
     ITK's and nibabel's readers, and the trailer check of our reader)."""
