@@ -350,7 +350,8 @@ def _correlations(result: RegistrationResult) -> tuple[float, float, int]:
     fixed = result.fixed
     stride = max(1, int(np.ceil((np.prod(fixed.GetSize()) / CORRELATION_VOXELS) ** (1 / 3) - 1e-9)))
     points = (slice(None, None, stride),) * 3
-    before = resample(result.moving, fixed[points] if stride > 1 else fixed, result.initial_transform, keep_type=False)
+    before = (result.moving_on_fixed if stride == 1  # the cached "before" image, then served to whoever asks
+              else resample(result.moving, fixed[points], result.initial_transform, keep_type=False))
     fixed_arr = sitk.GetArrayViewFromImage(fixed)[points]
     return (metrics.correlation(sitk.GetArrayViewFromImage(before), fixed_arr),
             metrics.correlation(sitk.GetArrayViewFromImage(result.warped)[points], fixed_arr), stride)

@@ -24,6 +24,15 @@ def smooth_flow(shape, amplitude: float = 2.0) -> torch.Tensor:
     return flow.float()
 
 
+def trilinear(f: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hand-computed trilinear sample of ``f`` ``(C, X, Y, Z)`` at the continuous index ``q`` (clamped to the grid)."""
+    q = np.clip(q, 0, np.subtract(f.shape[1:], 1))
+    lo = np.minimum(np.floor(q).astype(int), np.subtract(f.shape[1:], 2))
+    w = q - lo
+    return sum(f[:, lo[0] + a, lo[1] + b, lo[2] + c] * (w[0] if a else 1 - w[0]) * (w[1] if b else 1 - w[1])
+               * (w[2] if c else 1 - w[2]) for a in (0, 1) for b in (0, 1) for c in (0, 1))
+
+
 @pytest.mark.parametrize("mask_box", [False, True])
 def test_field_matches_itk_transform_on_network_grid(mask_box):
     fixed = make_image([29, 23, 11], [1.1, 0.8, 2.7], rotation(0.4, 0.1, -0.6), [5.0, -12.0, 30.0],
@@ -69,13 +78,7 @@ def test_target_point_formula_on_a_fixed_voxel():
     index = (4, 6, 2)
     p = np.asarray(fixed.TransformIndexToPhysicalPoint(index))
     q = np.asarray(grid.TransformPhysicalPointToContinuousIndex(p.tolist()))
-    lo = np.floor(q).astype(int)
-    w = q - lo
-    f = flow[0].double().numpy()
-    sample = sum(
-        f[:, lo[0] + a, lo[1] + b, lo[2] + c] * (w[0] if a else 1 - w[0]) * (w[1] if b else 1 - w[1]) * (w[2] if c else 1 - w[2])
-        for a in (0, 1) for b in (0, 1) for c in (0, 1)
-    )
+    sample = trilinear(flow[0].double().numpy(), q)
     target = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((q + sample).tolist()))
     np.testing.assert_allclose(field[index], target - p, atol=1e-9)
 
@@ -96,10 +99,7 @@ def test_flow_on_another_grid_maps_the_same_points():
     for index in zip(*(rng.integers(0, n, 40) for n in target.GetSize())):
         p = np.asarray(target.TransformIndexToPhysicalPoint([int(i) for i in index]))
         q = np.clip(grid.TransformPhysicalPointToContinuousIndex(p.tolist()), 0, np.subtract(grid.GetSize(), 1))
-        lo = np.minimum(np.floor(q).astype(int), np.subtract(grid.GetSize(), 2))
-        w = q - lo
-        u = sum(f[:, lo[0] + a, lo[1] + b, lo[2] + c] * (w[0] if a else 1 - w[0]) * (w[1] if b else 1 - w[1])
-                * (w[2] if c else 1 - w[2]) for a in (0, 1) for b in (0, 1) for c in (0, 1))
+        u = trilinear(f, q)
         expected = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((q + u).tolist()))
         moved = np.asarray(index, dtype=float) + ours[(0, slice(None), *index)].double().numpy()
         landed = np.asarray(target.TransformContinuousIndexToPhysicalPoint(moved.tolist()))
