@@ -158,17 +158,18 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one CPU thread each)")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ablations.md")
-    parser.add_argument("--series", nargs="+", type=Path, metavar="MODEL",
-                        help="instead: score brain models trained separately with different cascade counts "
-                             "(benchmarks/cascade_series.py), the first at repeats r = 1…4, the others at r = 1")
+    parser.add_argument("--series", nargs="+", metavar="MODEL",
+                        help="instead: score brain models (files or bundled names) trained separately with "
+                             "different cascade counts (benchmarks/cascade_series.py), the first at repeats "
+                             "r = 1…4, the others at r = 1")
     parser.add_argument("--runs", nargs="+", metavar="LABEL=MODEL",
                         help="instead: score these models (longer runs of a recipe; files or bundled names) beside "
                              "the bundled model, into the report's 'runs' section of --domain")
-    parser.add_argument("--title", help="with --runs: the section's title and key (default: DOMAIN: longer runs, "
-                        "key runs-DOMAIN), so several sets of runs keep their own tables")
+    parser.add_argument("--title", help="with --runs or --series: the section's title and key (default: DOMAIN: "
+                        "longer runs, key runs-DOMAIN; the paper's claims, key series), so several tables coexist")
     args = parser.parse_args(argv)
     if args.series:
-        return score_series(args.series, args.report)
+        return score_series(args.series, args.report, args.title)
     if args.runs:
         return score_runs(args.domain, dict(item.split("=", 1) for item in args.runs), args.report, args.title)
     names = args.only or list(VARIANTS[args.domain])
@@ -211,25 +212,26 @@ def score_runs(domain: Domain, models: dict[str, str], report: Path, title: Opti
     return 0
 
 
-def score_series(models: list[Path], report: Path) -> int:
+def score_series(models: list[str], report: Path, title: Optional[str] = None) -> int:
     """The paper's two claims with this recipe: separately trained cascade counts (r = 1), and shared-weight
     repeats r = 1…4 of the first model, network-only on the brain cases."""
     import torch
 
-    from rcreg.checkpoint import load_checkpoint
+    from rcreg.models import resolve_model
 
     torch.set_num_threads(2)
     results = {"identity (no registration)": {
         **{case.name: score(case, identity(case)[0], 0.0) for case in domain_cases("brain")},
         "self": {name: 0.0 for name in SELF["brain"]}}}
-    cards = [load_checkpoint(path)["card"] for path in models]
-    for index, (path, card) in enumerate(zip(models, cards)):
+    cards = [resolve_model(model).card for model in models]
+    for index, (model, card) in enumerate(zip(models, cards)):
         for repeat in (range(1, 5) if index == 0 else (1,)):
             results[f"{card['cascades']} cascades × {repeat} ({card['training']['iterations']} steps)"] = \
-                evaluate("brain", str(path), repeat)
+                evaluate("brain", model, repeat)
     grid = cards[0]["grid"]["shape"][0]
-    write_section(report, "series", table("brain", results, f"The paper's claims with the v2 recipe ({grid}³ grid, "
-                                                            "trained from scratch, one budget)"))
+    key = "series" if title is None else f"series-{slug(title)}"
+    write_section(report, key, table("brain", results, title or f"The paper's claims with the v2 recipe ({grid}³ "
+                                                                 "grid, trained from scratch, one budget)"))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {report}")
     return 0
 
