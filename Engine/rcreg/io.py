@@ -186,11 +186,16 @@ def _itk_write(call: Callable[[], Any], path: Path, what: str) -> None:
     raise OSError(f"{path}: cannot write {what} ({_first_line(error) if error is not None else problems[0].strip(' *')})")
 
 
-def _check_nifti_data(path: Path) -> None:
+def _check_nifti_data(path: Path) -> bool:
     """Refuse a NIfTI file whose voxel data is shorter than its header declares, or holds NaN or
     infinite values: ITK's reader silently reads both as zeros. Float data: one streaming pass to the end of
     the file (a gzip file's CRC-32 is checked there, so corrupt data is refused too), little memory; integer
-    data: the length only, from the file size or the gzip trailer when that settles it."""
+    data: the length only, from the file size or the gzip trailer when that settles it.
+
+    Returns:
+        Whether a gzip file's CRC-32 is still unchecked (integer data judged by its trailer): the caller
+        runs :func:`_gzip_error` on it, beside ITK's read.
+    """
     import nibabel
 
     try:
@@ -199,11 +204,11 @@ def _check_nifti_data(path: Path) -> None:
     except Exception:  # a header nibabel does not read: ITK's reading stands, unless the stream is cut short
         if path.name.lower().endswith(".gz") and _gzip_ends_early(path):
             raise InputError(f"{path}: truncated file (its compressed data ends early)") from None
-        return
+        return False
     dtype = header.get_data_dtype()
     expected = int(np.prod(header.get_data_shape())) * dtype.itemsize
     if dtype.kind not in "fc" and _complete_without_reading(path, offset + expected):
-        return  # integer voxels cannot be NaN: only the length needed checking
+        return path.name.lower().endswith(".gz")  # integer voxels cannot be NaN: the length settled the rest
     chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
     found = bad = 0
     try:
@@ -227,6 +232,7 @@ def _check_nifti_data(path: Path) -> None:
         raise _truncated(path, expected, found)
     if bad:
         raise _non_finite(str(path), bad)
+    return False
 
 
 def _complete_without_reading(path: Path, length: int) -> bool:
@@ -245,25 +251,35 @@ def _complete_without_reading(path: Path, length: int) -> bool:
         return int.from_bytes(stream.read(4), "little") == length % 2 ** 32
 
 
-def _gzip_ends_early(path: Path) -> bool:
-    """Whether the gzip stream in ``path`` stops before its end-of-stream marker (a cut file)."""
+def _gzip_error(path: Path) -> Optional[InputError]:
+    """Read the gzip stream in ``path`` to its end, where its CRC-32 and length are checked: the error of a
+    stream cut short or corrupt (or not gzip at all), else ``None``. Little memory; zlib releases the GIL."""
     try:
         with gzip.open(path) as stream:
             while stream.read(1 << 24):
                 pass
     except EOFError:
-        return True
-    except (OSError, zlib.error):  # not gzip, or corrupt rather than short
-        return False
-    return False
+        return InputError(f"{path}: truncated file (its compressed data ends early)")
+    except (OSError, zlib.error) as exc:
+        return InputError(f"{path}: corrupt compressed data ({_first_line(exc)})")
+    return None
+
+
+def _gzip_ends_early(path: Path) -> bool:
+    """Whether the gzip stream in ``path`` stops before its end-of-stream marker (a cut file)."""
+    error = _gzip_error(path)
+    return error is not None and "truncated" in str(error)
 
 
 def _read_file(path: Path) -> sitk.Image:
     """Read an image file with SimpleITK (NIfTI data checked by :func:`_check_nifti_data`), falling
     back to nibabel for formats ITK lacks."""
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_data(path)
-    image, error, messages = _itk_call(lambda: sitk.ReadImage(str(path)))
+    unchecked = path.name.lower().endswith((".nii", ".nii.gz")) and _check_nifti_data(path)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the gzip check costs no time beside ITK's read
+        stream_error = pool.submit(_gzip_error, path) if unchecked else None
+        image, error, messages = _itk_call(lambda: sitk.ReadImage(str(path)))
+        if stream_error is not None and (problem := stream_error.result()) is not None:
+            raise problem
     if error is None:
         return image
     _check_truncation(path, messages)

@@ -213,6 +213,15 @@ def case_truncated_label_map(d):
     return _register(d, **{"fixed-labels": _cut_in_half(_labels(d, "labels.nii.gz"))}), "labels.nii.gz"
 
 
+def case_corrupt_nifti_gz(d):
+    """An int16 .nii.gz with one byte of its compressed voxels flipped (ITK alone may read wrong values)."""
+    path = _bad_array(d, "corrupt.nii.gz", lambda a: (a * 1000).astype(np.int16))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return _register(d, moving=path), "corrupt.nii.gz"
+
+
 def case_nan_voxels_nifti(d):
     return _register(d, moving=_bad_array(d, "nan.nii.gz", _set((2, 3, 4), np.nan))), "nan.nii.gz"
 
@@ -440,6 +449,7 @@ CASES = {
     "truncated NRRD": case_truncated_nrrd,
     "truncated MHA": case_truncated_mha,
     "truncated label map": case_truncated_label_map,
+    "corrupt NIfTI (one byte of an int16 .nii.gz flipped)": case_corrupt_nifti_gz,
     "NaN voxels in a NIfTI file": case_nan_voxels_nifti,
     "infinite voxels in a NIfTI file": case_inf_voxels_nifti,
     "path with a non-UTF-8 byte": case_non_utf8_path,
