@@ -100,6 +100,27 @@ def test_transform_from_parent_equals_engine_field(run, tmp_path):
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
 
+def test_slicer_reads_the_engines_transform_file(run, tmp_path):
+    """The engine's transform.h5 (its field stored as compressed float32) loads through Slicer's own
+    transform storage node as the same mapping (reference: the engine's ITK transform in memory)."""
+    engine = rcreg.register(writeWithSlicer(run["moving"], tmp_path / "moving.nrrd"),
+                            writeWithSlicer(run["fixed"], tmp_path / "fixed.nrrd"), model=run["model"], refine=0)
+    out = engine.save(tmp_path / "out", figure=False)
+    reader = slicer.vtkMRMLTransformStorageNode()
+    reader.SetFileName(str(out / "transform.h5"))
+    loaded = run["scene"].AddNewNodeByClass("vtkMRMLTransformNode", "loaded")
+    assert reader.ReadData(loaded)
+    points = pointsInside(run["fixed"], seed=2)
+    expected = np.array([engine.transform.TransformPoint((p * FLIP).tolist()) for p in points]) * FLIP
+    assert np.linalg.norm(expected - points, axis=1).max() > 0.5
+    fromParent = loaded.GetTransformFromParent()
+    for transform in ([fromParent] if not fromParent.IsA("vtkGeneralTransform") else
+                      [fromParent.GetConcatenatedTransform(i) for i in range(fromParent.GetNumberOfConcatenatedTransforms())]):
+        if transform.IsA("vtkOrientedGridTransform"):
+            transform.SetInterpolationModeToLinear()  # Slicer reads grids as cubic; ITK's (ours) is linear
+    np.testing.assert_allclose([fromParent.TransformPoint(p) for p in points], expected, atol=1e-3)
+
+
 def test_resampling_under_transform_matches_warped_volume(run):
     assertSlicerResamplingMatchesWarped(run["logic"], run["moving"], run["fixed"])
 
