@@ -217,7 +217,7 @@ def score_series(models: list[str], report: Path, title: Optional[str] = None) -
     repeats r = 1…4 of the first model, network-only on the brain cases."""
     import torch
 
-    from rcreg.models import resolve_model
+    from rcreg.models import resolve_model, training_steps
 
     torch.set_num_threads(2)
     results = {"identity (no registration)": {
@@ -226,8 +226,8 @@ def score_series(models: list[str], report: Path, title: Optional[str] = None) -
     cards = [resolve_model(model).card for model in models]
     for index, (model, card) in enumerate(zip(models, cards)):
         for repeat in (range(1, 5) if index == 0 else (1,)):
-            results[f"{card['cascades']} cascades × {repeat} ({card['training']['iterations']} steps)"] = \
-                evaluate("brain", model, repeat)
+            steps = f"{training_steps(card)} steps" + (" in all" if card["training"].get("init") else "")
+            results[f"{card['cascades']} cascades × {repeat} ({steps})"] = evaluate("brain", model, repeat)
     grid = cards[0]["grid"]["shape"][0]
     key = "series" if title is None else f"series-{slug(title)}"
     write_section(report, key, table("brain", results, title or f"The paper's claims with the v2 recipe ({grid}³ "

@@ -11,7 +11,6 @@ import contextlib
 import csv
 import errno
 import gzip
-import importlib.util
 import os
 import re
 import stat
@@ -202,9 +201,9 @@ def _check_nifti_data(path: Path) -> bool:
     try:
         loaded = nibabel.load(str(path))
         header, offset = loaded.header, int(loaded.dataobj.offset)  # the loaded header's vox_offset reads 0
-    except Exception:  # a header nibabel does not read: ITK's reading stands, unless the stream is cut short
-        if path.name.lower().endswith(".gz") and _gzip_ends_early(path):
-            raise InputError(f"{path}: truncated file (its compressed data ends early)") from None
+    except Exception:  # a header nibabel does not read: ITK's reading stands, unless the stream is cut or corrupt
+        if path.name.lower().endswith(".gz") and (problem := _gzip_error(path)) is not None:
+            raise problem from None
         return False
     dtype = header.get_data_dtype()
     expected = int(np.prod(header.get_data_shape())) * dtype.itemsize
@@ -228,7 +227,7 @@ def _check_nifti_data(path: Path) -> bool:
     except EOFError:  # a compressed stream cut short
         raise _truncated(path, expected) from None
     except (OSError, zlib.error) as exc:
-        raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+        raise _corrupt(path, exc) from None
     if found < expected:
         raise _truncated(path, expected, found)
     if bad:
@@ -254,22 +253,24 @@ def _complete_without_reading(path: Path, length: int) -> bool:
 
 def _gzip_error(path: Path) -> Optional[InputError]:
     """Read the gzip stream in ``path`` to its end, where its CRC-32 and length are checked: the error of a
-    stream cut short or corrupt (or not gzip at all), else ``None``. Little memory; zlib releases the GIL."""
+    stream cut short or corrupt, else ``None`` (also for a file that is not gzip at all: its reader says
+    what it is). Little memory; zlib releases the GIL."""
     try:
+        with open(path, "rb") as raw:
+            if raw.read(2) != b"\x1f\x8b":
+                return None
         with gzip.open(path) as stream:
             while stream.read(1 << 24):
                 pass
     except EOFError:
         return InputError(f"{path}: truncated file (its compressed data ends early)")
     except (OSError, zlib.error) as exc:
-        return InputError(f"{path}: corrupt compressed data ({_first_line(exc)})")
+        return _corrupt(path, exc)
     return None
 
 
-def _gzip_ends_early(path: Path) -> bool:
-    """Whether the gzip stream in ``path`` stops before its end-of-stream marker (a cut file)."""
-    error = _gzip_error(path)
-    return error is not None and "truncated" in str(error)
+def _corrupt(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{path}: corrupt compressed data ({_first_line(exc)})")
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -284,8 +285,8 @@ def _read_file(path: Path) -> sitk.Image:
     if error is None:
         return image
     _check_truncation(path, messages)
-    if path.suffix.lower() == ".gz" and _gzip_ends_early(path):
-        raise InputError(f"{path}: truncated file (its compressed data ends early)")
+    if path.suffix.lower() == ".gz" and not unchecked and (problem := _gzip_error(path)) is not None:
+        raise problem
     if "determinant is 0" in str(error):
         raise InputError(f"{path}: direction matrix is singular (determinant 0)")
     import nibabel
@@ -661,7 +662,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     transforms. Without h5py (it is optional in Slicer's Python) ITK's file is kept as written."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix.lower() not in (".h5", ".hdf5") or importlib.util.find_spec("h5py") is None:
+        if path.suffix.lower() not in (".h5", ".hdf5") or not _h5py_works():
             _itk_write(lambda: sitk.WriteTransform(transform, str(tmp)), path, "transform")
             return path
         plain = tmp.with_name(f"{tmp.stem}.itk{tmp.suffix}")
@@ -669,7 +670,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
             _itk_write(lambda: sitk.WriteTransform(transform, str(plain)), path, "transform")
             try:
                 _compact_h5_transform(plain, tmp)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:  # h5py raises either when the disk fills
                 raise _write_error(path, "transform", exc) from None
         finally:
             plain.unlink(missing_ok=True)
@@ -679,11 +680,21 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
 _H5_CHUNK = 1 << 18  # float32 values (1 MiB) per compressed chunk of a stored field
 
 
+def _h5py_works() -> bool:
+    """Whether h5py imports (installed and built for this NumPy)."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _compact_h5_transform(source: Path, target: Path) -> None:
     """Copy the ITK HDF5 transform file ``source`` to ``target``, the parameters of every displacement-field
     transform (``TransformGroup/N/TransformParameters``: the field's vectors, mm) as float32 under HDF5's
-    shuffle and gzip filters; everything else as it is. The engine computes its fields in float32, so
-    nothing is lost; ITK's reader converts a float32 dataset to its parameter type. The chunks are filtered
+    shuffle and gzip filters; everything else as it is. The fields are rounded to float32 (1e-7 relative:
+    the engine computes them in float32 before converting to mm in float64); ITK's reader converts a float32
+    dataset to its parameter type. The chunks are filtered
     here, on every core (HDF5 would compress them one by one), and deflated with Huffman coding only: on
     shuffled floats LZ77 matching finds next to nothing and costs 2.5× the time for the same size."""
     import h5py

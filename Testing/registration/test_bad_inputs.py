@@ -214,7 +214,8 @@ def case_truncated_label_map(d):
 
 
 def case_corrupt_nifti_gz(d):
-    """An int16 .nii.gz with one byte of its compressed voxels flipped (ITK alone may read wrong values)."""
+    """An int16 .nii.gz with one byte of its compressed voxels flipped (nibabel, the fallback reader when ITK
+    refuses a file, would read wrong values)."""
     path = _bad_array(d, "corrupt.nii.gz", lambda a: (a * 1000).astype(np.int16))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

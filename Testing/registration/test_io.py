@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 
 import nibabel
 import numpy as np
@@ -94,9 +95,9 @@ def test_integer_nifti_gz_length_check_from_the_trailer(image, tmp_path, members
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])
 def test_nifti_gz_with_corrupt_data_is_refused(tmp_path, dtype):
-    """One flipped byte in the compressed voxels of a .nii.gz: ITK would read wrong values silently; the gzip
-    stream is read to its end (float data: by the NaN scan; integer data: beside ITK's read), where its CRC-32
-    fails (reference: the intact file reads)."""
+    """One flipped byte in the compressed voxels of a .nii.gz: ITK refuses it without saying why, and nibabel
+    (the fallback reader) read wrong values silently; the gzip stream is read to its end (float data: by the
+    NaN scan; integer data: beside ITK's read), where its CRC-32 fails (reference: the intact file reads)."""
     values = np.random.default_rng(2).normal(size=(30, 30, 30)) * 100
     volume = sitk.GetImageFromArray(values.astype(dtype))
     path = tmp_path / "good.nii.gz"
@@ -238,10 +239,7 @@ def test_h5_transform_is_compact_and_read_by_itk_and_ants(tmp_path, monkeypatch)
 
 
 def test_h5_transform_without_h5py_is_itks_own_file(tmp_path, monkeypatch):
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h5py" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "h5py", None)  # `import h5py` raises ImportError, as when it is missing
     transform = _smooth_field_transform((8, 7, 6))
     write_transform(transform, tmp_path / "ours.h5")
     sitk.WriteTransform(transform, str(tmp_path / "itk.h5"))
@@ -250,19 +248,24 @@ def test_h5_transform_without_h5py_is_itks_own_file(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs folder (needs mount rights, e.g. root in a container; skipped otherwise)."""
+def full_disk(tmp_path, request):
+    """A small tmpfs folder, 64 KiB unless the test is parametrized with ``disk_kib`` (needs mount rights, e.g.
+    root in a container; skipped otherwise)."""
     folder = tmp_path / "small"
     folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+    size = f"size={getattr(request, 'param', 64)}k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(folder)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
 
 
-@pytest.mark.parametrize("suffix, edge", [(".nii.gz", 40), (".nrrd", 40), (".h5", 40), (".h5", 13)])
+@pytest.mark.parametrize("full_disk, suffix, edge", [(64, ".nii.gz", 40), (64, ".nrrd", 40), (64, ".h5", 40),
+                                                     (64, ".h5", 13), (68, ".h5", 13), (72, ".h5", 13),
+                                                     (80, ".h5", 13)], indirect=["full_disk"])
 def test_full_disk_gives_one_line_and_leaves_nothing(full_disk, suffix, edge, capfd):
-    """Full while ITK writes, and (13³ .h5: ITK's 53 KB file fits, not the compact copy beside it) after."""
+    """Full while ITK writes, and (13³ .h5: ITK's 53 KB file fits, not the compact copy beside it) while h5py
+    copies, writes chunks or closes the compact file (the disk sizes reach each)."""
     noise = sitk.GetImageFromArray(np.random.default_rng(0).random((edge,) * 3).astype(np.float32))
     capfd.readouterr()
     with pytest.raises(OSError, match=r"out\..*: cannot write .*\(no space left on device\)$"):

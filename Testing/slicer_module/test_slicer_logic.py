@@ -106,6 +106,12 @@ def test_slicer_reads_the_engines_transform_file(run, tmp_path):
     engine = rcreg.register(writeWithSlicer(run["moving"], tmp_path / "moving.nrrd"),
                             writeWithSlicer(run["fixed"], tmp_path / "fixed.nrrd"), model=run["model"], refine=0)
     out = engine.save(tmp_path / "out", figure=False)
+    import h5py  # an engine dependency: the file is the compact one
+
+    with h5py.File(out / "transform.h5") as h5:
+        stored = [g["TransformParameters"] for g in h5["TransformGroup"].values()
+                  if g["TransformType"][0].startswith(b"DisplacementField")]
+        assert len(stored) == 1 and stored[0].dtype == np.float32 and stored[0].compression == "gzip"
     reader = slicer.vtkMRMLTransformStorageNode()
     reader.SetFileName(str(out / "transform.h5"))
     loaded = run["scene"].AddNewNodeByClass("vtkMRMLTransformNode", "loaded")
