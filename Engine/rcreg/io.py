@@ -658,8 +658,8 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
 
     ``.h5`` (ITK's HDF5 transform format): ITK writes the file beside it, then :func:`_compact_h5_transform`
     stores its displacement fields as compressed float32 (42 % of ITK's own float64 size on smooth fields;
-    0.07 s for 80×80×88 vectors on 2 cores, 0.06 s more than ITK's write); ITK, ANTs and Slicer read them into their float64
-    transforms. Without h5py (it is optional in Slicer's Python) ITK's file is kept as written."""
+    0.07 s for 80×80×88 vectors on 2 cores, 0.06 s more than ITK's write alone); ITK, ANTs and Slicer read
+    them into their float64 transforms. Without h5py (optional in Slicer's Python) ITK's file is kept."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() not in (".h5", ".hdf5") or not _h5py_works():
@@ -694,9 +694,9 @@ def _compact_h5_transform(source: Path, target: Path) -> None:
     transform (``TransformGroup/N/TransformParameters``: the field's vectors, mm) as float32 under HDF5's
     shuffle and gzip filters; everything else as it is. The fields are rounded to float32 (1e-7 relative:
     the engine computes them in float32 before converting to mm in float64); ITK's reader converts a float32
-    dataset to its parameter type. The chunks are filtered
-    here, on every core (HDF5 would compress them one by one), and deflated with Huffman coding only: on
-    shuffled floats LZ77 matching finds next to nothing and costs 2.5× the time for the same size."""
+    dataset to its parameter type. The chunks are filtered here, on every core (HDF5 would compress them one
+    by one), and deflated with Huffman coding only: on shuffled floats LZ77 matching finds next to nothing
+    and costs 2.5× the time for the same size."""
     import h5py
 
     with h5py.File(source, "r") as src, h5py.File(target, "w") as out:
