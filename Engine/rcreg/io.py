@@ -568,6 +568,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _compression_workers() -> int:
+    """Threads for compressing on every core this process may run on (its CPU affinity), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 def _gzip_parallel(source: BinaryIO, out: BinaryIO, level: int, block: int = 1 << 22) -> None:
     """Copy ``source`` to ``out`` as one gzip member, compressing ``block``-byte pieces on up to 8 cores (zlib
     releases the GIL) with at most twice as many pieces in flight, so memory stays bounded whatever the size.
@@ -579,8 +585,7 @@ def _gzip_parallel(source: BinaryIO, out: BinaryIO, level: int, block: int = 1 <
         deflate = zlib.compressobj(level, zlib.DEFLATED, -15, **({"zdict": primer} if primer else {}))
         return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(8, cores))
+    workers = _compression_workers()
     out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # deflate, no name, no mtime, unknown OS
     crc = length = 0
     pending: list[concurrent.futures.Future] = []
@@ -716,7 +721,7 @@ def _compact_h5_transform(source: Path, target: Path) -> None:
                     chunk = min(values.size, _H5_CHUNK)
                     stored = copy.create_dataset(key, values.shape, np.float32, chunks=(chunk,), shuffle=True,
                                                  compression="gzip")
-                    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                    with concurrent.futures.ThreadPoolExecutor(_compression_workers()) as pool:
                         starts = range(0, values.size, chunk)
                         pieces = pool.map(_shuffle_deflate, (values[s:s + chunk] for s in starts), [chunk] * len(starts))
                         for start, data in zip(starts, pieces):

@@ -249,8 +249,8 @@ def test_h5_transform_without_h5py_is_itks_own_file(tmp_path, monkeypatch):
 
 @pytest.fixture
 def full_disk(tmp_path, request):
-    """A small tmpfs folder, 64 KiB unless the test is parametrized with ``disk_kib`` (needs mount rights, e.g.
-    root in a container; skipped otherwise)."""
+    """A small tmpfs folder: 64 KiB, or the KiB a test gives by indirect parametrization of ``full_disk``
+    (needs mount rights, e.g. root in a container; skipped otherwise)."""
     folder = tmp_path / "small"
     folder.mkdir()
     size = f"size={getattr(request, 'param', 64)}k"
