@@ -21,6 +21,7 @@ __all__ = [
     "volumeNodeToImage",
     "updateVolumeNodeFromImage",
     "gridTransformFromDisplacement",
+    "displacementFromGridTransform",
     "segmentationToLabelImage",
     "updateSegmentationFromLabelImage",
     "removedOnExit",
@@ -123,6 +124,26 @@ def gridTransformFromDisplacement(field: sitk.Image) -> slicer.vtkOrientedGridTr
     transform.SetGridDirectionMatrix(_arrayToMatrix(direction))
     transform.SetInterpolationModeToLinear()
     return transform
+
+
+def displacementFromGridTransform(transformNode) -> sitk.Image:
+    """The LPS displacement field (float64 vectors, mm) of a grid transform node, on the node's own grid.
+
+    The inverse of :func:`gridTransformFromDisplacement`: the node's "from parent" grid transform, which maps
+    p to ``p + u(p)`` (pull-back), read as the ITK field ``u`` in LPS (docs/conventions.md)."""
+    transform = transformNode.GetTransformFromParent()
+    if not transform.IsA("vtkOrientedGridTransform") or transform.GetDisplacementGrid() is None:
+        raise ValueError(f"transform '{transformNode.GetName()}' is not a grid transform")
+    grid = transform.GetDisplacementGrid()
+    size = grid.GetDimensions()
+    vectors = numpy_support.vtk_to_numpy(grid.GetPointData().GetScalars()).astype(np.float64)
+    vectors = (vectors * transform.GetDisplacementScale() + transform.GetDisplacementShift()) @ RAS_FROM_LPS
+    field = sitk.GetImageFromArray(vectors.reshape(size[2], size[1], size[0], 3), isVector=True)
+    field.SetSpacing(grid.GetSpacing())
+    field.SetOrigin((RAS_FROM_LPS @ np.array(grid.GetOrigin())).tolist())
+    direction = _matrixToArray(transform.GetGridDirectionMatrix())[:3, :3]
+    field.SetDirection((RAS_FROM_LPS @ direction).ravel().tolist())
+    return field
 
 
 def nodeIds(scene) -> set[str]:

@@ -17,7 +17,8 @@ import vtk
 import rcreg
 from RecursiveCascadeRegistrationLib import RecursiveCascadeRegistrationLogic, RegistrationCancelled, testing
 from RecursiveCascadeRegistrationLib.logic import metricsTable
-from RecursiveCascadeRegistrationLib.nodes import segmentationToLabelImage, volumeNodeToImage
+from RecursiveCascadeRegistrationLib.nodes import (displacementFromGridTransform, segmentationToLabelImage,
+                                                   volumeNodeToImage)
 
 FLIP = np.array([-1.0, -1.0, 1.0])  # RAS ↔ LPS
 
@@ -208,6 +209,31 @@ def test_transform_round_trips_through_h5(run, tmp_path):
     itk = sitk.ReadTransform(str(path))
     viaItk = np.array([itk.TransformPoint((p * FLIP).tolist()) for p in points]) * FLIP
     np.testing.assert_allclose(viaItk, before, atol=1e-4)
+
+
+def test_displacement_from_the_grid_transform_is_the_field_slicer_writes(run, tmp_path):
+    """The node's grid read back as an LPS field equals what ITK reads from Slicer's own writer's file
+    (geometry and vectors), so front ends can write it with ``rcreg.io.write_transform``."""
+    node = run["logic"].outputTransformNode
+    path = tmp_path / "transform.h5"
+    writer = slicer.vtkMRMLTransformStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(node)
+    reference = sitk.DisplacementFieldTransform(sitk.ReadTransform(str(path))).GetDisplacementField()
+    field = displacementFromGridTransform(node)
+    assert field.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(field.GetOrigin(), reference.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(field.GetSpacing(), reference.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(field.GetDirection(), reference.GetDirection(), atol=1e-9)
+    vectors = sitk.GetArrayFromImage(field)
+    np.testing.assert_allclose(vectors, sitk.GetArrayFromImage(reference), atol=1e-9)
+    assert np.abs(vectors).max() > 0.1  # a real field, not zeros
+
+
+def test_displacement_from_a_linear_transform_is_refused(scene):
+    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "rigid")
+    with pytest.raises(ValueError, match="'rigid' is not a grid transform"):
+        displacementFromGridTransform(linear)
 
 
 def test_grid_display_over_fixed_volume(run):

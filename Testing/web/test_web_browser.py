@@ -12,6 +12,7 @@ import os
 import re
 from urllib.parse import urljoin
 
+import h5py
 import numpy as np
 import psutil
 import pytest
@@ -163,6 +164,10 @@ def test_downloads_are_the_transform_its_inverse_and_the_warped_volume(finished_
         files[name].write_bytes(response.body())
     forward = sitk.ReadTransform(str(files["transform.h5"]))
     inverse = sitk.ReadTransform(str(files["inverse_transform.h5"]))
+    for name in ("transform.h5", "inverse_transform.h5"):  # both fields stored compact (rcreg.io.write_transform)
+        with h5py.File(files[name]) as h5:
+            stored = h5["TransformGroup/0/TransformParameters"]
+            assert stored.dtype == np.float32 and stored.compression == "gzip", name
     points = [(x, y, z) for x in (-40.0, 0.0, 40.0) for y in (-50.0, 0.0, 30.0) for z in (-10.0, 20.0)]  # in the brain
     assert max(np.linalg.norm(np.subtract(inverse.TransformPoint(forward.TransformPoint(p)), p)) for p in points) < 0.5
     assert max(np.linalg.norm(np.subtract(forward.TransformPoint(p), p)) for p in points) > 0.5  # not the identity

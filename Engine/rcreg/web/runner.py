@@ -43,25 +43,17 @@ class Outputs:
     files: dict[str, Path]
 
 
-def _write_transform(scene, node, path: Path) -> None:
-    """Save a transform node with Slicer's own writer (an ITK ``.h5`` that ITK, ANTs and SimpleITK read)."""
-    storage = scene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
-    storage.SetFileName(str(path))
-    if not storage.WriteData(node):
-        raise OSError(f"{path.name}: cannot write the transform")
-
-
 def register(inputs: Inputs, options: Mapping[str, Any], folder: Path,
              progress: Callable[[float, str], None], cancel: Callable[[], bool]) -> Outputs:
     """Register ``inputs`` with ``registerVolumes(**options)`` and write the downloads into ``folder``.
 
-    Downloads (names from ``rcreg.options.OUTPUT_FILES``): the transform (the module's grid transform,
-    saved by Slicer), its inverse (``rcreg.fields.inverse_transform``), the warped volume, the warped labels
-    when there are labels, and the metrics. Raises what ``registerVolumes`` raises (``RegistrationCancelled``
+    Downloads (names from ``rcreg.options.OUTPUT_FILES``): the transform (the module's grid transform, written
+    compact by ``rcreg.io.write_transform``), its inverse (``rcreg.fields.inverse_transform``), the warped
+    volume, the warped labels when there are labels, and the metrics. Raises what ``registerVolumes`` raises (``RegistrationCancelled``
     when ``cancel()`` turns true).
     """
-    from ..fields import inverse_transform
-    from ..io import read_transform, write_image, write_transform
+    from ..fields import displacement_transform, inverse_transform
+    from ..io import write_image, write_transform
     from ..options import OUTPUT_FILES
 
     lib = import_lib()
@@ -79,8 +71,8 @@ def register(inputs: Inputs, options: Mapping[str, Any], folder: Path,
     progress(1.0, "Saving the results")
     folder.mkdir(parents=True, exist_ok=True)
     files = {key: folder / OUTPUT_FILES[key] for key in ("transform", "inverse_transform", "warped", "metrics")}
-    _write_transform(scene, logic.outputTransformNode, files["transform"])
-    field = sitk.DisplacementFieldTransform(read_transform(files["transform"])).GetDisplacementField()
+    field = lib.nodes.displacementFromGridTransform(logic.outputTransformNode)
+    write_transform(displacement_transform(field), files["transform"])
     write_transform(inverse_transform(field), files["inverse_transform"])
     warped = lib.nodes.volumeNodeToImage(logic.outputVolumeNode)
     write_image(warped, files["warped"])
