@@ -227,7 +227,8 @@ def score_series(models: list[str], report: Path, title: Optional[str] = None) -
     for index, (model, card) in enumerate(zip(models, cards)):
         for repeat in (range(1, 5) if index == 0 else (1,)):
             steps = f"{training_steps(card)} steps" + (" in all" if card["training"].get("init") else "")
-            results[f"{card['cascades']} cascades × {repeat} ({steps})"] = evaluate("brain", model, repeat)
+            label = f"{card['cascades']} cascades × {repeat} ({steps})"
+            results[label if label not in results else f"{label} [{model}]"] = evaluate("brain", model, repeat)
     grid = cards[0]["grid"]["shape"][0]
     key = "series" if title is None else f"series-{slug(title)}"
     write_section(report, key, table("brain", results, title or f"The paper's claims with the v2 recipe ({grid}³ "
