@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -30,7 +31,8 @@ class CascadeOutput:
     affine: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
-ARCHITECTURE = ("base", "n_cascades", "affine", "width", "affine_levels", "affine_translation", "diffeomorphic")
+ARCHITECTURE = ("base", "n_cascades", "affine", "width", "level_widths", "affine_levels", "affine_translation",
+                "diffeomorphic")
 """The constructor options stored in checkpoints (``model.config``); the others are run-time choices."""
 
 
@@ -40,7 +42,9 @@ class RecursiveCascadeNetwork(nn.Module):
     Cascade k sees (fixed, moving warped by the composition of flows 1..k−1). Each deformable flow is
     scaled by 1/n; at test time ``repeat=r`` applies every cascade r times with shared weights (n×r).
 
-    Options: ``width`` scales the channels of every network; ``affine_levels`` and
+    Options: ``width`` scales the channels of every network; ``level_widths`` (six factors, finest level
+    first; VTN only) replaces it for each encoder level of the deformable networks (the affine one keeps
+    ``width``), so the fine levels can be wider without the coarse ones' weights growing; ``affine_levels`` and
     ``affine_translation`` shape the affine network (:class:`~rcreg.networks.AffineNetwork`);
     ``diffeomorphic`` treats each deformable cascade's (scaled) output as a stationary velocity field
     and integrates it by scaling and squaring before composition, so every cascade's map, and hence
@@ -58,6 +62,7 @@ class RecursiveCascadeNetwork(nn.Module):
         affine: bool = True,
         width: float = 1.0,
         *,
+        level_widths: Sequence[float] | None = None,
         affine_levels: int = 6,
         affine_translation: str = "voxels",
         diffeomorphic: bool = False,
@@ -73,10 +78,16 @@ class RecursiveCascadeNetwork(nn.Module):
             checkpointing = checkpoint
         if n_cascades < 0 or (n_cascades == 0 and not affine):
             raise ValueError("need at least one cascade (affine or deformable)")
-        self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width, affine_levels=affine_levels,
-                           affine_translation=affine_translation, diffeomorphic=diffeomorphic)
+        if level_widths is not None:
+            level_widths = [float(w) for w in level_widths]
+            if base != "vtn" or len(level_widths) != 6 or min(level_widths) <= 0:
+                raise ValueError(f"level_widths needs the vtn base network and six positive factors, got base "
+                                 f"{base!r} and {level_widths}")
+        self.config = dict(base=base, n_cascades=n_cascades, affine=affine, width=width, level_widths=level_widths,
+                           affine_levels=affine_levels, affine_translation=affine_translation,
+                           diffeomorphic=diffeomorphic)
         self.affine = AffineNetwork(width=width, levels=affine_levels, translation=affine_translation) if affine else None
-        self.cascades = nn.ModuleList(build_network(base, width=width) for _ in range(n_cascades))
+        self.cascades = nn.ModuleList(build_network(base, width=level_widths or width) for _ in range(n_cascades))
         self.diffeomorphic = diffeomorphic
         self.checkpointing = checkpointing
         self.amp = amp

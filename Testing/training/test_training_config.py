@@ -106,8 +106,8 @@ def test_objects_are_built_from_the_config_by_keyword():
                          affine_levels=5, affine_translation="extent", similarity="mse", reg_weight=2.0,
                          affine_similarity=0.5, rotation=3.0, noise=0.0, ffd_control_points=7).check()
     model = RecursiveCascadeNetwork(**config.model_kwargs())
-    assert model.config == dict(base="voxelmorph", n_cascades=2, affine=False, width=0.125, affine_levels=5,
-                                affine_translation="extent", diffeomorphic=True)
+    assert model.config == dict(base="voxelmorph", n_cascades=2, affine=False, width=0.125, level_widths=None,
+                                affine_levels=5, affine_translation="extent", diffeomorphic=True)
     loss = RegistrationLoss(**config.loss_kwargs())
     assert (loss.similarity, loss.reg_weight, loss.affine_similarity_weight) == ("mse", 2.0, 0.5)
     settings = AugmentationSettings(**config.augmentation_kwargs())

@@ -1,6 +1,8 @@
 """Building blocks shared by the base networks."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -21,17 +23,20 @@ def scaled(channels: int, width: float) -> int:
 
 
 class VTNEncoder(nn.Module):
-    """The VTN encoder: six stride-2 levels (or the first ``levels``), widths c·(1, 2, 4, 8, 16, 32), c = 16·width.
+    """The VTN encoder: six stride-2 levels (or the first ``levels``), widths c·(1, 2, 4, 8, 16, 32), c = 16·width;
+    ``width`` may also be one factor per level, finest first (level l then has ``scaled(16, width[l])·2^l``).
 
     ``forward`` returns the skip features of every level, finest first, each ``(B, C_l, ⌈X/2^l⌉, …)``.
     """
 
-    def __init__(self, in_channels: int = 2, width: float = 1.0, levels: int = 6):
+    def __init__(self, in_channels: int = 2, width: float | Sequence[float] = 1.0, levels: int = 6):
         super().__init__()
         if not 1 <= levels <= 6:
             raise ValueError(f"the VTN encoder has 1 to 6 levels, got {levels}")
-        c = scaled(16, width)
-        self.channels = [c, 2 * c, 4 * c, 8 * c, 16 * c, 32 * c][:levels]
+        widths = list(width) if isinstance(width, Sequence) else [width] * 6
+        if len(widths) != 6 or min(widths) <= 0:
+            raise ValueError(f"the VTN encoder needs six positive level widths, got {widths}")
+        self.channels = [scaled(16, w) * 2 ** level for level, w in enumerate(widths)][:levels]
         stages = []
         prev = in_channels
         for level, ch in enumerate(self.channels):

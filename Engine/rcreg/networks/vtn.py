@@ -1,6 +1,8 @@
 """VTN deformable base network (Zhao et al., the base of Recursive Cascaded Networks)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -19,10 +21,11 @@ class VTN(nn.Module):
     """VTN stage: encoder + decoder with multi-scale flow prediction and skip concatenation.
 
     Input ``(B, 2, X, Y, Z)`` (fixed, moving), any sizes ≥ 2; output flow ``(B, 3, X, Y, Z)`` in voxels,
-    the last prediction multiplied by ``flow_scale`` (20 in the paper). ``width`` scales all channels.
+    the last prediction multiplied by ``flow_scale`` (20 in the paper). ``width`` scales all channels
+    (one factor, or one per encoder level, finest first: the decoder follows its skips).
     """
 
-    def __init__(self, in_channels: int = 2, width: float = 1.0, flow_scale: float = 20.0):
+    def __init__(self, in_channels: int = 2, width: float | Sequence[float] = 1.0, flow_scale: float = 20.0):
         super().__init__()
         self.encoder = VTNEncoder(in_channels, width)
         ch = self.encoder.channels  # finest first

@@ -62,6 +62,9 @@ class TrainConfig:
     base: str = _opt("vtn", "deformable base network (vtn, voxelmorph)", "model")
     cascades: int = _opt(3, "number of deformable cascades n", "model")
     width: float = _opt(1.0, "channel width factor of every network (1 = the paper's VTN)", "model")
+    level_widths: Optional[list[float]] = _opt(None, "width factor of each of the six VTN encoder levels of the "
+                                               "deformable networks, finest first (default: width at every level; "
+                                               "the affine network keeps width)", "model", nargs=6)
     affine: bool = _opt(True, "start with the affine cascade", "model")
     affine_levels: int = _opt(6, "encoder levels of the affine network, whose head reads the last one pooled to 2³ "
                                  "(6: the paper's, a 2³ map at a 128³ grid; use 5 for a 64³ grid)", "model")
@@ -142,7 +145,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`~rcreg.cascade.RecursiveCascadeNetwork` for this configuration."""
         return dict(base=self.base, n_cascades=self.cascades, affine=self.affine, width=self.width,
-                    affine_levels=self.affine_levels, affine_translation=self.affine_translation,
+                    level_widths=self.level_widths, affine_levels=self.affine_levels, affine_translation=self.affine_translation,
                     diffeomorphic=self.diffeomorphic, checkpointing=self.checkpointing, amp=self.amp,
                     channels_last=self.channels_last)
 
@@ -175,6 +178,9 @@ class TrainConfig:
             raise ConfigError(f"grid must be three sizes ≥ 8, got {self.grid}")
         if self.lr <= 0 or self.width <= 0:
             raise ConfigError("lr and width must be > 0")
+        if self.level_widths is not None and (len(self.level_widths) != 6 or min(self.level_widths) <= 0
+                                              or self.base != "vtn"):
+            raise ConfigError(f"level_widths must be six factors > 0 for the vtn base network, got {self.level_widths}")
         try:
             check_ncc_window(self.ncc_window)
         except ValueError as exc:

@@ -106,6 +106,7 @@ def model_card(config: TrainConfig, step: int, n_train: int, validation: Optiona
         "cascades": config.cascades,
         "base": config.base,
         "width": config.width,
+        **({"level_widths": list(config.level_widths)} if config.level_widths else {}),
         "affine": config.affine,
         "training": {"iterations": step,
                      "data": {"train": config.train, "val": config.val, "mode": config.mode,
