@@ -77,7 +77,7 @@ def previous_series(path: Path) -> tuple[list[tuple[str, str, list[dict]]], list
 def model_summary(spec: str) -> dict:
     model = resolve_model(spec)
     card = model.card
-    keys = ("name", "modality", "grid", "normalization", "cascades", "width", "refinement")
+    keys = ("name", "modality", "grid", "normalization", "cascades", "width", "level_widths", "refinement")
     summary = {k: card[k] for k in keys if k in card}
     training = card.get("training") or {}
     steps = summary["trained_steps"] = training_steps(card)
