@@ -112,7 +112,7 @@ def test_script_widens_a_trained_run_that_then_fine_tunes(tiny_config, tmp_path)
     first = train(tiny_config(output=str(tmp_path / "first"), iterations=2))
     out = tmp_path / "wide.pt"
     done = subprocess.run([sys.executable, str(SCRIPT), str(first.last), "--level-widths", *map(str, FINE),
-                           "-o", str(out)], capture_output=True, text=True, check=False)
+                           "-o", str(out)], capture_output=True, encoding="utf-8", check=False)
     assert done.returncode == 0, done.stderr
     card = load_checkpoint(out)["card"]
     assert card["level_widths"] == FINE and card["training"]["widened"]["from"] == {"width": 0.25, "level_widths": None}
@@ -120,7 +120,7 @@ def test_script_widens_a_trained_run_that_then_fine_tunes(tiny_config, tmp_path)
     tuned_card = load_checkpoint(tuned.last)["card"]
     assert tuned_card["level_widths"] == FINE and training_steps(tuned_card) == 4  # 2 + the 2 it was widened from
     done = subprocess.run([sys.executable, str(SCRIPT), str(first.last), "--width", "0.3", "-o",
-                           str(tmp_path / "bad.pt")], capture_output=True, text=True, check=False)
+                           str(tmp_path / "bad.pt")], capture_output=True, encoding="utf-8", check=False)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1 and "last.pt" in lines[0] and "whole number" in lines[0]
     assert not (tmp_path / "bad.pt").exists()
