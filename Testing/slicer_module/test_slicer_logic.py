@@ -47,8 +47,8 @@ def run(request, scene):
 
 
 def writeWithSlicer(node, path) -> str:
-    """Save a volume with Slicer's own storage node (its RAS→LPS handling, not ours)."""
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    """Save a volume or transform with Slicer's own storage node for it (its RAS→LPS handling, not ours)."""
+    storage = node.CreateDefaultStorageNode()
     storage.SetFileName(str(path))
     assert storage.WriteData(node), f"Slicer could not write {path}"
     return str(path)
@@ -181,10 +181,7 @@ def test_slicer_hardening_of_the_segmentation_agrees(run):
 
 def test_transform_round_trips_through_h5(run, tmp_path):
     node = run["logic"].outputTransformNode
-    path = tmp_path / "transform.h5"
-    writer = slicer.vtkMRMLTransformStorageNode()
-    writer.SetFileName(str(path))
-    assert writer.WriteData(node)
+    path = writeWithSlicer(node, tmp_path / "transform.h5")
 
     reader = slicer.vtkMRMLTransformStorageNode()
     reader.SetFileName(str(path))
@@ -215,11 +212,8 @@ def test_displacement_from_the_grid_transform_is_the_field_slicer_writes(run, tm
     """The node's grid read back as an LPS field equals what ITK reads from Slicer's own writer's file
     (geometry and vectors), so front ends can write it with ``rcreg.io.write_transform``."""
     node = run["logic"].outputTransformNode
-    path = tmp_path / "transform.h5"
-    writer = slicer.vtkMRMLTransformStorageNode()
-    writer.SetFileName(str(path))
-    assert writer.WriteData(node)
-    reference = sitk.DisplacementFieldTransform(sitk.ReadTransform(str(path))).GetDisplacementField()
+    path = writeWithSlicer(node, tmp_path / "transform.h5")
+    reference = sitk.DisplacementFieldTransform(sitk.ReadTransform(path)).GetDisplacementField()
     field = displacementFromGridTransform(node)
     assert field.GetSize() == reference.GetSize()
     np.testing.assert_allclose(field.GetOrigin(), reference.GetOrigin(), atol=1e-9)

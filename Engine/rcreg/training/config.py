@@ -145,9 +145,9 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`~rcreg.cascade.RecursiveCascadeNetwork` for this configuration."""
         return dict(base=self.base, n_cascades=self.cascades, affine=self.affine, width=self.width,
-                    level_widths=self.level_widths, affine_levels=self.affine_levels, affine_translation=self.affine_translation,
-                    diffeomorphic=self.diffeomorphic, checkpointing=self.checkpointing, amp=self.amp,
-                    channels_last=self.channels_last)
+                    level_widths=self.level_widths, affine_levels=self.affine_levels,
+                    affine_translation=self.affine_translation, diffeomorphic=self.diffeomorphic,
+                    checkpointing=self.checkpointing, amp=self.amp, channels_last=self.channels_last)
 
     def loss_kwargs(self) -> dict:
         """Keyword arguments of :class:`~rcreg.losses.RegistrationLoss` for this configuration."""

@@ -49,8 +49,8 @@ def register(inputs: Inputs, options: Mapping[str, Any], folder: Path,
 
     Downloads (names from ``rcreg.options.OUTPUT_FILES``): the transform (the module's grid transform, written
     compact by ``rcreg.io.write_transform``), its inverse (``rcreg.fields.inverse_transform``), the warped
-    volume, the warped labels when there are labels, and the metrics. Raises what ``registerVolumes`` raises (``RegistrationCancelled``
-    when ``cancel()`` turns true).
+    volume, the warped labels when there are labels, and the metrics. Raises what ``registerVolumes`` raises
+    (``RegistrationCancelled`` when ``cancel()`` turns true).
     """
     from ..fields import displacement_transform, inverse_transform
     from ..io import write_image, write_transform
