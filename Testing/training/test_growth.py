@@ -1,4 +1,5 @@
-"""Widening a trained cascade (rcreg.training.widening, Training/widen_checkpoint.py) and level widths."""
+"""Growing a trained cascade without changing its flow: widening (rcreg.training.widening), deepening
+(rcreg.training.deepening), Training/grow_checkpoint.py, and level widths."""
 from __future__ import annotations
 
 import subprocess
@@ -12,9 +13,10 @@ from rcreg.checkpoint import load_checkpoint, model_from_checkpoint
 from rcreg.models import training_steps
 from rcreg.training.config import ConfigError, TrainConfig
 from rcreg.training.trainer import train
+from rcreg.training.deepening import deepen_network
 from rcreg.training.widening import widen_network
 
-SCRIPT = Path(__file__).resolve().parents[2] / "Training" / "widen_checkpoint.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "Training" / "grow_checkpoint.py"
 FINE = [0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
 
 
@@ -124,3 +126,58 @@ def test_script_widens_a_trained_run_that_then_fine_tunes(tiny_config, tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1 and "last.pt" in lines[0] and "whole number" in lines[0]
     assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.parametrize("options", [{}, {"diffeomorphic": True}, {"base": "voxelmorph"}],
+                         ids=["vtn", "diffeomorphic", "voxelmorph"])
+def test_the_deepened_network_computes_the_same_flow(options):
+    torch.manual_seed(1)
+    shallow = RecursiveCascadeNetwork(options.pop("base", "vtn"), n_cascades=2, width=0.25, affine_levels=4,
+                                      affine_translation="extent", **options).eval()
+    if shallow.config["base"] == "voxelmorph":  # its flow layer starts near zero: make the flows real
+        for net in shallow.cascades:
+            torch.nn.init.normal_(net.flow.weight, std=0.5)
+            torch.nn.init.normal_(net.flow.bias, std=1.0)
+    deep = deepen_network(shallow, 4)
+    assert deep.n_cascades == 4 and deep.config == {**shallow.config, "n_cascades": 4}
+    fixed, moving = _pair()
+    with torch.no_grad():
+        before, after = shallow(fixed, moving), deep(fixed, moving)
+    assert before.flow.abs().mean() > 0.1
+    torch.testing.assert_close(after.flow, before.flow, atol=1e-4, rtol=0)
+    for old, new in zip(before.stage_flows, after.stage_flows):  # each old cascade's own step, 1/n scale included
+        torch.testing.assert_close(new, old, atol=1e-4, rtol=0)
+    assert all(float(f.abs().max()) == 0.0 for f in after.stage_flows[2:])  # the new cascades: no flow yet
+
+
+def test_the_new_cascades_learn():
+    deep = deepen_network(_narrow(), 3).train()
+    fixed, moving = _pair()
+    deep(fixed, moving).flow.square().mean().backward()
+    assert float(deep.cascades[2].final.weight.grad.abs().max()) > 0  # a zero output layer still gets a gradient
+
+
+def test_deepening_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="from 2 to 1"):
+        deepen_network(_narrow(), 1)
+    with pytest.raises(ValueError, match="at least one deformable"):
+        deepen_network(RecursiveCascadeNetwork("vtn", n_cascades=0, width=0.25, affine_levels=4), 2)
+
+
+def test_script_deepens_a_trained_run_that_then_fine_tunes(tiny_config, tmp_path):
+    first = train(tiny_config(output=str(tmp_path / "first"), iterations=2))
+    out = tmp_path / "deep.pt"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(first.last), "--cascades", "3", "-o", str(out)],
+                          capture_output=True, encoding="utf-8", check=False)
+    assert done.returncode == 0, done.stderr
+    card = load_checkpoint(out)["card"]
+    assert card["cascades"] == 3 and card["training"]["deepened"]["from"] == 2  # tiny_config's
+    assert "evaluation" not in card and "validation" not in card
+    tuned = train(tiny_config(output=str(tmp_path / "tuned"), init=str(out), cascades=3, iterations=2))
+    assert training_steps(load_checkpoint(tuned.last)["card"]) == 4  # 2 + the 2 it was deepened from
+    done = subprocess.run([sys.executable, str(SCRIPT), str(first.last), "--cascades", "0", "-o",
+                           str(tmp_path / "bad.pt")], capture_output=True, encoding="utf-8", check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1 and "last.pt" in lines[0] and "cascades" in lines[0]
+    assert not (tmp_path / "bad.pt").exists()
+
