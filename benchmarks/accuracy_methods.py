@@ -106,8 +106,8 @@ def methods(spec: str, n: int, affine: bool, default_refine: int, *, quick: bool
     budgets = (None,) if quick else (default_refine // 2, None, 2 * default_refine)
     out += [mine(n, refine=b) for b in budgets]
     out += [mine(n, refine=None, diffeomorphic=True), mine(None, refine=None, model=NO_MODEL)]
-    if not quick:
-        out.append(mine(None, refine=2 * default_refine, model=NO_MODEL))
+    if not quick:  # refinement alone at the network rows' other budgets, so every budget has both starts
+        out += [mine(None, refine=b, model=NO_MODEL) for b in (default_refine // 2, 2 * default_refine)]
     if previous is not None:
         name, model, n_previous, refine_previous = previous
         out += [mine(n_previous, refine=refine, model=model, card_refine=refine_previous, name=name)

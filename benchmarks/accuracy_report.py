@@ -117,6 +117,11 @@ def against_targets(results: Results, n_cascades: dict) -> list[str]:
         network = (f"; the network alone: Dice {net['dice_mean']:.3f}" +
                    (f", field error {net['field_error_mm']:.2f} mm" if "field_error_mm" in net else "") +
                    f" in {net['seconds']:.1f} s") if net else ""
+        alone = pick_row(rows, family="ours", network=False, default_refine=True, diffeomorphic=False)
+        if alone:  # the same refinement from the identity: what the network's start is worth on this CPU
+            network += (f"; refinement alone (same budget, no network): Dice {alone['dice_mean']:.3f}" +
+                        (f", field error {alone['field_error_mm']:.2f} mm" if "field_error_mm" in alone else "") +
+                        f" in {alone['seconds']:.1f} s")
         earlier = next((r for r in rows if r.get("previous")), None)
         old = network_row(rows, None, earlier["previous"]) if earlier else None
         if old:
