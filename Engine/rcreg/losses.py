@@ -56,19 +56,25 @@ def pearson_loss(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
 def _box_sums(x: torch.Tensor, window: int) -> torch.Tensor:
     """Sums over ``window³`` boxes centred on every voxel of ``x`` ``(B, C, X, Y, Z)``, zero outside.
 
-    Cumulative sums over the zero-padded volume, one pass per axis (cost independent of ``window``)."""
-    sums = F.pad(x, (window // 2,) * 6)
+    Separable: along each axis, ``window`` shifted views of the zero-padded volume added in place
+    (``window − 1`` additions per voxel and axis). Measured on 3 × 98×116×94 voxels, 2 threads: 5³ boxes
+    5–7 ms against 13–15 ms by cumulative sums with a subtraction (the former method, whose cost did not grow
+    with the window), 9³ 14 vs 17 ms; from about 13³ on the cumulative sums would be faster."""
+    radius = window // 2
+    sums = F.pad(x, (radius,) * 6)
     for dim in (2, 3, 4):
         n = x.shape[dim]
-        c = sums.cumsum(dim)
-        sums = torch.cat([c.narrow(dim, window - 1, 1), c.narrow(dim, window, n - 1) - c.narrow(dim, 0, n - 1)], dim)
+        total = sums.narrow(dim, 0, n).clone()
+        for shift in range(1, window):
+            total.add_(sums.narrow(dim, shift, n))
+        sums = total
     return sums
 
 
 class _BoxSum(torch.autograd.Function):
     """:func:`_box_sums` with its adjoint as backward: a symmetric window with zero padding is
     self-adjoint, so the gradient is the box sum of the incoming gradient (no autograd graph through
-    the cumulative sums, whose backward flips and refills every intermediate)."""
+    the shifted views, whose backward would zero-fill a padded volume for every one)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, window: int) -> torch.Tensor:
@@ -83,8 +89,8 @@ class _BoxSum(torch.autograd.Function):
 def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     """Mean over ``window³`` boxes centred on every voxel of ``x`` ``(B, C, X, Y, Z)``, truncated at the borders.
 
-    Box sums by cumulative sums (:func:`_box_sums`; several times faster than ``avg_pool3d`` with its
-    backward on the CPU) divided by the number of voxels inside each truncated box: the same values as
+    Box sums by separable shifted additions (:func:`_box_sums`; several times faster than ``avg_pool3d``
+    with its backward on the CPU) divided by the number of voxels inside each truncated box: the same values as
     ``avg_pool3d(x, window, 1, window // 2, count_include_pad=False)``.
     """
     radius = window // 2

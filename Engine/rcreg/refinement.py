@@ -91,7 +91,10 @@ def control_shape(shape: Sequence[int], control: int) -> list[int]:
 
 
 class _Level:
-    """The similarity at one pyramid level between ``fixed`` and ``moving`` warped by a displacement."""
+    """The similarity at one pyramid level between ``fixed`` and ``moving`` warped by a displacement.
+
+    ``base``: a field added to every displacement, on the same control grid (its upsampling is linear, so
+    the sum is upsampled once and never held at the level's resolution)."""
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, mask: Optional[torch.Tensor],
                  options: RefineOptions, generator: torch.Generator, base: Optional[torch.Tensor] = None):
@@ -109,16 +112,15 @@ class _Level:
     def loss(self, displacement_on_control: torch.Tensor) -> torch.Tensor:
         """Similarity loss for a displacement given on the control grid (control-grid voxels)."""
         options = self.options
+        field = displacement_on_control if self.base is None else displacement_on_control + self.base
         if options.similarity in _SAMPLED:
             count = min(options.samples, len(self.candidates))
             pick = torch.randint(len(self.candidates), (count,), generator=self.generator).to(self.candidates.device)
             points = self.candidates[pick]  # level voxels
-            coarse = displacement_on_control.shape[2:]
+            coarse = field.shape[2:]
             to_control = torch.tensor([(c - 1) / max(n - 1, 1) for c, n in zip(coarse, self.shape)],
                                       device=points.device, dtype=points.dtype)
-            moved = sample(displacement_on_control, points * to_control).t() / to_control  # level voxels
-            if self.base is not None:
-                moved = moved + sample(self.base, points).t()
+            moved = sample(field, points * to_control).t() / to_control  # level voxels
             f = sample(self.fixed, points)
             w = sample(self.moving, points + moved)
             if options.similarity == "mi":
@@ -126,8 +128,7 @@ class _Level:
             if options.similarity == "pearson":
                 return pearson_loss(f.unsqueeze(0), w.unsqueeze(0))
             return mse_loss(f, w)
-        flow = resize_flow(displacement_on_control, self.shape)
-        warped = warp(self.moving, flow if self.base is None else flow + self.base)
+        warped = warp(self.moving, resize_flow(field, self.shape))
         return local_ncc_loss(self.fixed, warped, options.ncc_window, weights=self.mask,
                               fixed_statistics=self.fixed_statistics)
 
@@ -211,24 +212,24 @@ def refine(
         control = control_shape(shape, options.control)
         mask = None if masks is None else masks[level].float()
         base_control = resize_flow(initial, control)  # the initial field as this control grid represents it
-        base = resize_flow(base_control, shape)
         if additive:
-            similarity = _Level(fixed[level].float(), moving[level].float(), mask, options, generator, base=base)
+            similarity = _Level(fixed[level].float(), moving[level].float(), mask, options, generator,
+                                base=base_control)
         else:
             with torch.no_grad():
-                prewarped = warp(moving[level].float(), base)
+                prewarped = warp(moving[level].float(), resize_flow(base_control, shape))
             similarity = _Level(fixed[level].float(), prewarped, mask, options, generator)
         params = (torch.zeros(1, 3, *control, device=initial.device) if params is None
                   else resize_flow(params.detach(), control)).requires_grad_(True)
         regularized = base_control if additive else 0.0  # additive: the whole field; diffeomorphic: the velocity
         optimizer = _Adam(params, options.learning_rate)
         losses: list[float] = []
-        with torch.no_grad():
-            before = float(similarity.loss(_displacement(params, options.diffeomorphic)))
         for step in range(iterations):
             if cancel is not None and cancel():
                 raise Cancelled("registration cancelled")
             loss = similarity.loss(_displacement(params, options.diffeomorphic))
+            if step == 0:
+                before = float(loss.detach())  # the level's start: no extra evaluation for it
             whole = params + regularized
             if options.weight > 0:
                 loss = loss + options.weight * regularization_loss(whole, options.regularization)

@@ -12,9 +12,9 @@ from rcreg.refinement import Cancelled, RefineOptions, refine, regularization_lo
 from rcreg.spatial import identity_grid, integrate_velocity, jacobian_determinant, resize_flow
 
 
-@pytest.mark.parametrize("window", [1, 3, 5, 9])
+@pytest.mark.parametrize("window", [1, 3, 5, 9, 13])
 def test_box_mean_equals_avg_pool_with_truncated_windows(window):
-    x = torch.rand(2, 3, 11, 10, 13, dtype=torch.float64)
+    x = torch.rand(2, 3, 15, 14, 17, dtype=torch.float64)
     reference = F.avg_pool3d(x, window, stride=1, padding=window // 2, count_include_pad=False)
     torch.testing.assert_close(box_mean(x, window), reference)
 
@@ -88,6 +88,23 @@ def test_refinement_recovers_a_translation_on_the_tensor_grid():
                     RefineOptions(iterations=20, levels=2))
     inside = resize_flow(result.flow, (24, 24, 24))[0, :, 6:-6, 6:-6, 6:-6]
     assert abs(float(inside[0].mean()) - 1.5) < 0.15 and float(inside[1:].abs().mean()) < 0.15
+
+
+def test_a_levels_similarity_before_is_that_of_the_initial_field():
+    """The initial field is applied (on the control grid) before any step: with the true translation as the
+    initial flow the pair starts aligned inside the mask (local NCC ≈ 1), from zero it does not."""
+    x = identity_grid((24, 24, 24))
+    fixed = torch.sin(x[0] / 2.0) * torch.cos(x[1] / 3.0) + torch.sin(x[2] / 2.5)
+    moving = torch.sin((x[0] - 1.5) / 2.0) * torch.cos(x[1] / 3.0) + torch.sin(x[2] / 2.5)
+    fixed, moving = (((v - v.min()) / (v.max() - v.min()))[None, None] for v in (fixed, moving))
+    mask = torch.zeros(1, 1, 24, 24, 24)
+    mask[..., 5:-5, 5:-5, 5:-5] = 1.0  # away from the borders the shifted sampling would leave
+    translation = torch.zeros(1, 3, 24, 24, 24)
+    translation[:, 0] = 1.5
+    before = {name: refine([fixed], [moving], initial, RefineOptions(iterations=1, levels=1),
+                           masks=[mask]).levels[0]["similarity_before"]
+              for name, initial in (("aligned", translation), ("zero", torch.zeros_like(translation)))}
+    assert before["aligned"] < 0.01 < 0.05 < before["zero"]
 
 
 def test_cancel_raises():
