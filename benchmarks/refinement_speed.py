@@ -8,7 +8,8 @@ itself, resampled to each ``--spacing`` (mm), with the bundled brain model and t
 refinement, and prints for every level: grid, control grid, iterations run, seconds per iteration
 (median of ``--repeats`` registrations). Then, at each level's size, the forward + backward time of
 the pieces of one iteration: trilinear upsampling of the control grid, warping (grid_sample), local
-NCC (5³, box filters by cumulative sums, fixed statistics cached) and the whole iteration.
+NCC (5³, box filters by shifted additions, fixed statistics cached; on the whole grid, where the
+registration scores only the informative box) and the whole iteration.
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ __all__ = [
     "local_statistics",
     "check_ncc_window",
     "local_ncc_loss",
+    "ncc_informative",
     "mutual_information_loss",
     "mse_loss",
     "smoothness_loss",
@@ -116,6 +117,12 @@ def local_statistics(image: torch.Tensor, window: int) -> tuple[torch.Tensor, to
     return mean, (mean_sq - mean.square()).clamp_min(0.0)
 
 
+def ncc_informative(fixed_variance: torch.Tensor) -> torch.Tensor:
+    """Where local NCC counts: the voxels whose fixed-image box (:func:`local_statistics`' variance) is not flat;
+    elsewhere :func:`local_ncc_loss` scores 0 whatever the warped image."""
+    return fixed_variance > _FLAT_VARIANCE
+
+
 def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
                    weights: Optional[torch.Tensor] = None,
                    fixed_statistics: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
@@ -136,7 +143,7 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9,
     mean_w, mean_fw, mean_ww = box_mean(torch.cat([w, f * w, w * w], dim=1), window).chunk(3, dim=1)
     cov = mean_fw - mean_f * mean_w
     var_w = (mean_ww - mean_w.square()).clamp_min(0.0)
-    informative = var_f > _FLAT_VARIANCE
+    informative = ncc_informative(var_f)
     ncc = (cov * torch.rsqrt((var_f + _VARIANCE_EPS) * (var_w + _VARIANCE_EPS))).clamp(-1.0, 1.0)
     return 1.0 - _mean(torch.where(informative, ncc, 0.0), weights)
 

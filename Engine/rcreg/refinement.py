@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .losses import local_ncc_loss, local_statistics, mse_loss, mutual_information_loss, pearson_loss
+from .losses import (local_ncc_loss, local_statistics, mse_loss, mutual_information_loss, ncc_informative,
+                     pearson_loss)
 from .options import REGULARIZATIONS, SIMILARITIES, Regularization, RefineOptions, Similarity
 from .spatial import compose, integrate_velocity, jacobian_determinant, resize_flow, sample, warp
 
@@ -90,11 +91,27 @@ def control_shape(shape: Sequence[int], control: int) -> list[int]:
     return [max(2, math.ceil((n - 1) / control) + 1) for n in shape]
 
 
+def _bounding_region(counted: torch.Tensor, margin: int) -> tuple[slice, slice, slice]:
+    """The smallest box of a ``(X, Y, Z)`` grid holding every true voxel of ``counted``, widened by ``margin``
+    voxels on each side (within the grid); the whole grid if none is true."""
+    region = []
+    for axis in range(3):
+        hits = counted.any(dim=[d for d in range(3) if d != axis]).nonzero()
+        n = counted.shape[axis]
+        region.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, n)) if len(hits)
+                      else slice(0, n))
+    return tuple(region)
+
+
 class _Level:
     """The similarity at one pyramid level between ``fixed`` and ``moving`` warped by a displacement.
 
     ``base``: a field added to every displacement, on the same control grid (its upsampling is linear, so
-    the sum is upsampled once and never held at the level's resolution)."""
+    the sum is upsampled once and never held at the level's resolution). Local NCC is computed only on the
+    box around the voxels where it counts (:func:`rcreg.losses.ncc_informative`, inside the mask) plus the
+    window's radius, and rescaled to the mean over the whole level: the same loss and gradient as on the
+    whole grid, at the cost of the box (about half the grid for a skull-stripped brain's field of view).
+    The moving image stays whole, so the box may pull in its content from anywhere."""
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, mask: Optional[torch.Tensor],
                  options: RefineOptions, generator: torch.Generator, base: Optional[torch.Tensor] = None):
@@ -107,7 +124,18 @@ class _Level:
             if not len(self.candidates):
                 raise ValueError("the refinement mask is empty at this resolution")
         else:
-            self.fixed_statistics = local_statistics(fixed, options.ncc_window)
+            mean, variance = local_statistics(fixed, options.ncc_window)
+            counted = ncc_informative(variance)[0, 0]
+            if mask is not None:
+                counted &= mask[0, 0] > 0
+            self.region = _bounding_region(counted, options.ncc_window // 2)
+            crop = (slice(None), slice(None), *self.region)
+            self.fixed, self.fixed_statistics = fixed[crop], (mean[crop], variance[crop])
+            if mask is None:
+                self.share = self.fixed.numel() / fixed.numel()
+            else:
+                self.mask = mask[crop]
+                self.share = float(self.mask.sum() / mask.sum().clamp_min(1e-12))
 
     def loss(self, displacement_on_control: torch.Tensor) -> torch.Tensor:
         """Similarity loss for a displacement given on the control grid (control-grid voxels)."""
@@ -128,9 +156,11 @@ class _Level:
             if options.similarity == "pearson":
                 return pearson_loss(f.unsqueeze(0), w.unsqueeze(0))
             return mse_loss(f, w)
-        warped = warp(self.moving, resize_flow(field, self.shape))
-        return local_ncc_loss(self.fixed, warped, options.ncc_window, weights=self.mask,
-                              fixed_statistics=self.fixed_statistics)
+        flow = resize_flow(field, self.shape, self.region)
+        warped = warp(self.moving, flow, region=self.region)
+        ncc = local_ncc_loss(self.fixed, warped, options.ncc_window, weights=self.mask,
+                             fixed_statistics=self.fixed_statistics)
+        return 1.0 - self.share * (1.0 - ncc)
 
 
 class _Adam:

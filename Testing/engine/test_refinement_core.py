@@ -3,13 +3,15 @@ velocity integration and the optimiser loop, against independent references (avg
 fields) and known properties (mutual information of independent, identical and inverted samples)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rcreg.losses import box_mean, mutual_information_loss
-from rcreg.refinement import Cancelled, RefineOptions, refine, regularization_loss
-from rcreg.spatial import identity_grid, integrate_velocity, jacobian_determinant, resize_flow
+from rcreg.losses import box_mean, local_ncc_loss, mutual_information_loss
+from rcreg.refinement import Cancelled, RefineOptions, _Level, refine, regularization_loss
+from rcreg.spatial import identity_grid, integrate_velocity, jacobian_determinant, resize_flow, warp
 
 
 @pytest.mark.parametrize("window", [1, 3, 5, 9, 13])
@@ -42,6 +44,20 @@ def test_resize_flow_is_exact_for_linear_fields():
         unit = identity_grid(shape) / torch.tensor([n - 1 for n in shape]).view(3, 1, 1, 1)
         return torch.einsum("ij,j...->i...", matrix, unit) * torch.tensor([n - 1 for n in shape]).view(3, 1, 1, 1)
     torch.testing.assert_close(resize_flow(linear(old)[None], new), linear(new)[None], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("old, new, region", [
+    ((6, 7, 5), (17, 13, 9), (slice(2, 15), slice(0, 13), slice(4, 5))),  # upsampling a sub-box
+    ((17, 13, 9), (6, 7, 5), (slice(1, 6), slice(3, 7), slice(0, 5))),  # downsampling
+])
+def test_resize_flow_of_a_region_is_that_region_of_trilinear_interpolation(old, new, region):
+    flow = torch.rand(1, 3, *old, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([(n - 1) / (o - 1) for n, o in zip(new, old)], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    reference = (F.interpolate(flow, size=new, mode="trilinear", align_corners=True) * scale)[(..., *region)]
+    torch.testing.assert_close(resize_flow(flow, new, region), reference)
+    weights = torch.rand_like(reference)
+    torch.testing.assert_close(torch.autograd.grad((resize_flow(flow, new, region) * weights).sum(), flow)[0],
+                               torch.autograd.grad((reference * weights).sum(), flow)[0])
 
 
 def test_integrate_velocity_of_a_constant_is_that_translation_and_of_a_rotation_stays_invertible():
@@ -105,6 +121,35 @@ def test_a_levels_similarity_before_is_that_of_the_initial_field():
                            masks=[mask]).levels[0]["similarity_before"]
               for name, initial in (("aligned", translation), ("zero", torch.zeros_like(translation)))}
     assert before["aligned"] < 0.01 < 0.05 < before["zero"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_levels_local_ncc_on_the_informative_box_equals_that_on_the_whole_grid(masked):
+    """The level scores local NCC only on the box around the fixed image's non-flat voxels: the loss and its
+    gradient equal local NCC of the whole warped grid (rcreg.losses, no box), and the box is smaller."""
+    shape = (32, 28, 30)
+    x = identity_grid(shape)
+    inside = ((x[0] - 15).square() / 64 + (x[1] - 13).square() / 36 + (x[2] - 14).square() / 49 < 1).float()
+    fixed = (inside * (0.5 + 0.3 * torch.sin(x[0] / 2.0) * torch.cos(x[1] / 1.7)))[None, None]
+    moving = (inside * (0.5 + 0.3 * torch.sin((x[0] - 1.2) / 2.0) * torch.cos(x[1] / 1.7)))[None, None]
+    moving = torch.roll(moving, shifts=(2, -1, 1), dims=(2, 3, 4))  # content the box must pull in from outside
+    mask = None
+    if masked:
+        mask = torch.zeros(1, 1, *shape)
+        mask[..., 2:30, 9:26, 1:27] = 1.0  # beyond the object too: its flat voxels still count in the mean
+    options = RefineOptions(ncc_window=5)
+    control = torch.rand(1, 3, 9, 8, 9) * 4 - 2
+    level = _Level(fixed, moving, mask, options, torch.Generator())
+    assert math.prod(r.stop - r.start for r in level.region) < 0.6 * math.prod(shape)
+    params = control.clone().requires_grad_(True)
+    ours = level.loss(params)
+    reference_params = control.clone().requires_grad_(True)
+    reference = local_ncc_loss(fixed, warp(moving, resize_flow(reference_params, shape)), 5, weights=mask)
+    torch.testing.assert_close(ours, reference)
+    ours.backward()
+    reference.backward()
+    torch.testing.assert_close(params.grad, reference_params.grad)
+    assert float(params.grad.abs().max()) > 0
 
 
 def test_cancel_raises():
