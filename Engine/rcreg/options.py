@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
-           "Region", "REGIONS", "RefineOptions", "check_ncc_window", "NO_MODEL", "OUTPUT_FILES"]
+           "Region", "REGIONS", "GridRegion", "GRID_REGIONS", "RefineOptions", "check_ncc_window", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "pearson", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
@@ -23,6 +23,11 @@ REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
 #: a body-only model.
 Region = Literal["any", "head", "body"]
 REGIONS: tuple[str, ...] = get_args(Region)
+#: What a model's network grid covers (its card's ``grid.region``): the fixed image's whole field of view, or the
+#: bounding box of both images' foreground plus a margin, so empty background costs no network voxels
+#: (:func:`rcreg.preprocessing.foreground_region`).
+GridRegion = Literal["image", "foreground"]
+GRID_REGIONS: tuple[str, ...] = get_args(GridRegion)
 #: How to place the moving image before registration (:func:`rcreg.preprocessing.initial_translation`).
 InitialAlignment = Literal["none", "geometry", "mass"]
 ALIGNMENTS: tuple[str, ...] = get_args(InitialAlignment)

@@ -7,8 +7,9 @@ The model card (a dict, see docs/model-card.md) gives the grid and the intensity
      "normalization": {"type": "window", "min": -1000, "max": 400}}   # CT (HU)
 
 The fixed image defines the output space: :func:`network_grid` builds an isotropic grid of the card's
-shape covering the fixed field of view (or a mask's bounding box), aspect ratio kept, and both images
-are resampled onto it by :func:`preprocess`.
+shape covering the fixed field of view (or a mask's bounding box, or with the card's
+``"grid": {"region": "foreground"}`` the pair's foreground: :func:`card_grid`), aspect ratio kept, and
+both images are resampled onto it by :func:`preprocess`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import SimpleITK as sitk
 import torch
 
 from .io import MIN_SIZE, ImageLike, InputError, array_ijk, as_image, read_label_map, same_grid
-from .options import ALIGNMENTS, InitialAlignment
+from .options import ALIGNMENTS, GRID_REGIONS, GridRegion, InitialAlignment
 
-__all__ = ["network_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid",
+__all__ = ["network_grid", "grid_region", "foreground_region", "card_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid",
            "preprocess", "preprocess_labels", "grid_shape", "initial_translation"]
 
 
@@ -34,6 +35,56 @@ def grid_shape(card: dict) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"model card grid shape must be 3 sizes ≥ 2, got {shape}")
     return shape
+
+
+#: A voxel is foreground where its normalised intensity (:func:`normalize`) exceeds this.
+FOREGROUND_LEVEL = 0.05
+#: Slices holding fewer foreground voxels than this share of the fullest slice's do not widen the box (noise).
+_SLICE_SHARE = 0.005
+#: Margin (mm) around the foreground box: room for the deformation and the network's border.
+FOREGROUND_MARGIN_MM = 8.0
+
+
+def grid_region(card: dict) -> GridRegion:
+    """What the network grid of a model card covers (``grid.region``; ``"image"`` when absent)."""
+    region = (card.get("grid") or {}).get("region", "image")
+    if region not in GRID_REGIONS:
+        raise ValueError(f"model card grid region must be one of {', '.join(GRID_REGIONS)}, got {region!r}")
+    return region
+
+
+def _foreground_box(normalized: sitk.Image) -> Optional[np.ndarray]:
+    """Corners ``(2, 3)`` (first and last voxel index, i j k) of the foreground of a normalised image; None if empty."""
+    fg = sitk.GetArrayViewFromImage(normalized) > FOREGROUND_LEVEL  # (k, j, i)
+    box = []
+    for axes in [(0, 1), (0, 2), (1, 2)]:  # counts per i, per j, per k slice
+        counts = fg.sum(axis=axes)
+        kept = np.nonzero(counts >= max(1.0, _SLICE_SHARE * counts.max()))[0]
+        if not kept.size:
+            return None
+        box.append((kept[0], kept[-1]))
+    return np.asarray(box, dtype=float).T
+
+
+def foreground_region(fixed: sitk.Image, *others: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """First and last continuous voxel index (i, j, k) of the fixed image bounding the foreground of the
+    normalised ``fixed`` image and of every image in ``others`` (mapped through physical space), widened by
+    :data:`FOREGROUND_MARGIN_MM` and clipped to the fixed field of view; the whole image if all are empty."""
+    size = np.asarray(fixed.GetSize(), dtype=float)
+    points = []
+    for image in (fixed, *others):
+        box = _foreground_box(image)
+        if box is None:
+            continue
+        for corner in np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T:
+            physical = image.TransformContinuousIndexToPhysicalPoint(corner.tolist())
+            points.append(fixed.TransformPhysicalPointToContinuousIndex(physical))
+    if not points:
+        return np.zeros(3), size - 1.0
+    margin = FOREGROUND_MARGIN_MM / np.asarray(fixed.GetSpacing())
+    points = np.asarray(points)
+    return (np.clip(points.min(axis=0) - margin, 0.0, size - 1.0),
+            np.clip(points.max(axis=0) + margin, 0.0, size - 1.0))
 
 
 def _region(fixed: sitk.Image, mask: Optional[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,17 +105,19 @@ def _region(fixed: sitk.Image, mask: Optional[sitk.Image]) -> tuple[np.ndarray, 
     return low, high
 
 
-def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Image] = None) -> sitk.Image:
+def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Image] = None,
+                 region: Optional[tuple[np.ndarray, np.ndarray]] = None) -> sitk.Image:
     """An empty image (the network grid) of size ``shape`` (X, Y, Z) for the network, in the fixed image's frame.
 
     Its spacing is isotropic, ``max_a(extent_a / shape_a)`` where ``extent_a`` is the field of view
     along index axis a (voxel edges to voxel edges; of the mask's non-zero bounding box if ``mask``
-    — on the fixed grid — is given), so the region fits on every axis; it is centred on that region
-    and padded along the other axes, never stretched. Direction = the fixed image's direction.
+    — on the fixed grid — is given, of ``region``, first and last voxel index, if that is), so the
+    region fits on every axis; it is centred on that region and padded along the other axes, never
+    stretched. Direction = the fixed image's direction.
     """
     shape = np.asarray(shape, dtype=int)
     spacing = np.asarray(fixed.GetSpacing())
-    low, high = _region(fixed, mask)
+    low, high = region if region is not None else _region(fixed, mask)
     extent = (high - low + 1.0) * spacing
     iso = float(np.max(extent / shape))
     centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(((low + high) / 2).tolist()))
@@ -75,6 +128,17 @@ def network_grid(fixed: sitk.Image, shape: Sequence[int], mask: Optional[sitk.Im
     grid.SetDirection(direction.ravel().tolist())
     grid.SetOrigin(origin.tolist())
     return grid
+
+
+def card_grid(card: dict, fixed: sitk.Image, moving: Optional[sitk.Image] = None,
+              mask: Optional[sitk.Image] = None) -> sitk.Image:
+    """The network grid of a model card for a pair of normalised images (:func:`normalized_image`):
+    over the mask's bounding box if one is given, else over what the card's :func:`grid_region` says
+    (``"foreground"``: :func:`foreground_region` of ``fixed`` and ``moving``)."""
+    region = None
+    if mask is None and grid_region(card) == "foreground":
+        region = foreground_region(fixed, *([moving] if moving is not None else []))
+    return network_grid(fixed, grid_shape(card), mask, region)
 
 
 def refinement_grids(fixed: sitk.Image, spacing: float, levels: int, mask: Optional[sitk.Image] = None) -> list[sitk.Image]:
@@ -224,16 +288,16 @@ def preprocess(
 ) -> tuple[torch.Tensor, sitk.Image]:
     """Normalise ``image`` (:func:`normalized_image`) and resample it onto the network grid (:func:`on_grid`).
 
-    ``grid``: the network grid (from :func:`network_grid` on the fixed image); if omitted,
+    ``grid``: the network grid (from :func:`card_grid` on the fixed image); if omitted,
     ``image`` is treated as the fixed image and its own grid is built from the card.
 
     Returns ``(tensor, grid)`` with ``tensor`` of shape ``(1, 1, X, Y, Z)``, float32 in [0, 1],
     axes in ITK index order (i, j, k).
     """
-    image = as_image(image)
+    normalized = normalized_image(as_image(image), card)
     if grid is None:
-        grid = network_grid(image, grid_shape(card))
-    return on_grid(normalized_image(image, card), grid), grid
+        grid = card_grid(card, normalized)
+    return on_grid(normalized, grid), grid
 
 
 def preprocess_labels(labels: ImageLike, grid: sitk.Image) -> torch.Tensor:

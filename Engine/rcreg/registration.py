@@ -27,7 +27,7 @@ from .fields import (compact_displacement, dense_displacement, field_jacobian_de
 from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, process_alive, public_mode, read_label_map,
                  read_points, write_image, write_points, write_transform)
 from .models import DEFAULT_CARD, ModelSpec, default_model, native_bf16, resolve_model, select_device
-from .preprocessing import (grid_shape, initial_translation, network_grid, normalized_image, on_grid,
+from .preprocessing import (card_grid, initial_translation, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
 from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions, Region
 from .refinement import refine as refine_flow
@@ -404,8 +404,9 @@ def register(
         moving_labels, fixed_labels: label maps on their image's grid (warped labels, Dice, HD95).
         moving_points, fixed_points: CSV paths or ``(N, 3)`` LPS-mm arrays; fixed points are mapped into
             moving space, and with both the landmark error is reported.
-        mask: on the fixed grid; the network grid then covers its bounding box and the refinement
-            scores only inside it.
+        mask: on the fixed grid; the network grid then covers its bounding box (else what the model
+            card's ``grid.region`` says: docs/conventions.md#network-grid) and the refinement scores only
+            inside it.
         initial_alignment: ``"none"`` (trust the physical coordinates), ``"geometry"`` or ``"mass"``
             (first translate the moving image so the centres of the fields of view / of mass coincide,
             for images from different scanners or subjects; the translation is part of the result).
@@ -470,7 +471,7 @@ def register(
     fixed_n, start_n = normalized_image(fixed, card), normalized_image(start, card)
     grid = flow = None
     if resolved is not None:
-        grid = network_grid(fixed, grid_shape(card), mask_img)
+        grid = card_grid(card, fixed_n, start_n, mask_img)
         network_spacing = grid.GetSpacing()[0]
         _check_overlap(start, grid, moving_name)
         fixed_t, moving_t = on_grid(fixed_n, grid), on_grid(start_n, grid)

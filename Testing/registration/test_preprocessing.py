@@ -10,7 +10,8 @@ import torch
 
 from volumes import make_image, rotation
 from rcreg.io import InputError
-from rcreg.preprocessing import network_grid, normalize, preprocess, preprocess_labels
+from rcreg.preprocessing import (FOREGROUND_MARGIN_MM, card_grid, foreground_region, network_grid, normalize,
+                                 preprocess, preprocess_labels)
 
 DIRECTION = rotation(0.35, -0.25, 0.6)
 
@@ -52,6 +53,52 @@ def test_network_grid_on_mask_bounding_box():
     np.testing.assert_allclose(grid.TransformContinuousIndexToPhysicalPoint([7.5] * 3), box_centre, atol=1e-9)
     with pytest.raises(InputError, match="empty"):
         network_grid(fixed, (16, 16, 16), mask * 0)
+
+
+def _blank(size, spacing, origin=(0.0, 0.0, 0.0)) -> sitk.Image:
+    image = sitk.Image(list(size), sitk.sitkFloat32)
+    image.SetSpacing(list(spacing))
+    image.SetOrigin(list(origin))
+    return image
+
+
+def test_foreground_region_bounds_both_images_plus_the_margin():
+    """Axis-aligned images, so the expected box follows by hand: fixed index = (p − origin) / spacing."""
+    assert FOREGROUND_MARGIN_MM == 8.0  # the numbers below are worked out for 8 mm
+    fixed = _blank([80, 80, 60], [1.0, 1.0, 2.0])
+    fixed[10:60, 10:60, 10:40] = 1.0  # i 10…59, j 10…59, k 10…39
+    fixed[75, 75, 55] = 1.0  # an isolated noisy voxel must not widen the box
+    fixed[77, 3:8, 50] = 0.04  # below the foreground level
+    moving = _blank([40, 40, 40], [2.0, 2.0, 2.0])
+    moving[2:11, 10:21, 5:26] = 0.5  # physical x 4…20, y 20…40, z 10…50 = fixed i 4…20, j 20…40, k 5…25
+    low, high = foreground_region(fixed)
+    np.testing.assert_allclose(low, [2, 2, 6])  # 10 − 8 voxels, 10 − 4 voxels of 2 mm
+    np.testing.assert_allclose(high, [67, 67, 43])
+    low, high = foreground_region(fixed, moving)  # the union: i from 4, k from 5; i clipped at 0
+    np.testing.assert_allclose(low, [0, 2, 1])
+    np.testing.assert_allclose(high, [67, 67, 43])
+    empty = _blank([20, 20, 20], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(np.stack(foreground_region(empty)), [[0, 0, 0], [19, 19, 19]])
+
+
+def test_card_grid_covers_what_the_card_says():
+    fixed = _blank([80, 80, 60], [1.0, 1.0, 2.0])
+    fixed[10:60, 10:60, 10:40] = 1.0
+    shape = [16, 16, 16]
+    whole = card_grid({"grid": {"shape": shape}}, fixed)
+    assert whole.GetSpacing()[0] == pytest.approx(120.0 / 16)  # the field of view's longest axis, 60 × 2 mm
+    assert card_grid({"grid": {"shape": shape, "region": "image"}}, fixed).GetSpacing() == whole.GetSpacing()
+    cropped = card_grid({"grid": {"shape": shape, "region": "foreground"}}, fixed)
+    assert cropped.GetSpacing()[0] == pytest.approx((43 - 6 + 1) * 2.0 / 16)  # k 6…43 from the test above
+    box_centre = fixed.TransformContinuousIndexToPhysicalPoint([34.5, 34.5, 24.5])
+    np.testing.assert_allclose(cropped.TransformContinuousIndexToPhysicalPoint([7.5] * 3), box_centre, atol=1e-9)
+    mask = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(fixed)
+    mask[0:16, 0:8, 0:4] = 1  # a mask wins over the card's region
+    masked = card_grid({"grid": {"shape": shape, "region": "foreground"}}, fixed, mask=mask)
+    assert masked.GetSpacing()[0] == pytest.approx(16.0 / 16)
+    with pytest.raises(ValueError, match="grid region must be one of image, foreground, got 'brain'"):
+        card_grid({"grid": {"shape": shape, "region": "brain"}}, fixed)
 
 
 def test_normalize_window_and_percentile():

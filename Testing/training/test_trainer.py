@@ -100,7 +100,7 @@ def test_export_checkpoint_card_and_register(tiny_config, pair_list, tmp_path):
     assert os.path.getsize(result.export) < 0.6 * os.path.getsize(result.best)
     exported, card = model_from_checkpoint(result.export)
     best, _ = model_from_checkpoint(result.best)
-    assert card["name"] == "phantom-test" and card["grid"]["shape"] == [24, 24, 24]
+    assert card["name"] == "phantom-test" and card["grid"] == {"shape": [24, 24, 24], "region": "image"}
     assert card["cascades"] == 2 and card["training"]["iterations"] == card["validation"]["step"]
     assert card["validation"]["metric"] == "dice" and 0 < card["validation"]["value"] <= 1
     fixed, moving = torch.rand(2, 1, 1, 24, 24, 24)

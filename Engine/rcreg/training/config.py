@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
-from ..options import Region, check_ncc_window
+from ..options import GridRegion, Region, check_ncc_window
 
 __all__ = ["TrainConfig", "ConfigError", "choices", "load_config", "add_arguments", "config_from_args"]
 
@@ -55,6 +55,9 @@ class TrainConfig:
                                  "model on the other region (any: no restriction)", "model card")
     grid: list[int] = _opt([128, 128, 128], "network grid size X Y Z (voxels; isotropic spacing covering the fixed image)",
                       "model card", nargs=3)
+    grid_region: GridRegion = _opt("image", "what the network grid covers: image (the fixed image's field of view) or "
+                                            "foreground (the bounding box of the images' foreground plus 8 mm: the "
+                                            "grid's voxels go to the anatomy, not the background)", "model card")
     normalization: dict = _opt({"type": "percentile", "low": 1, "high": 99},
                                "intensity normalisation as JSON, e.g. '{\"type\": \"window\", \"min\": -1000, \"max\": 400}'",
                                "model card", type=json.loads)

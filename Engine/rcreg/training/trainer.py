@@ -101,7 +101,7 @@ def model_card(config: TrainConfig, step: int, n_train: int, validation: Optiona
         "description": config.description,
         "modality": config.modality,
         "region": config.region,
-        "grid": {"shape": list(config.grid)},
+        "grid": {"shape": list(config.grid), "region": config.grid_region},
         "normalization": dict(config.normalization),
         "cascades": config.cascades,
         "base": config.base,
