@@ -27,7 +27,7 @@ from .fields import (compact_displacement, dense_displacement, field_jacobian_de
 from .io import (MODALITY_TAG, ImageLike, InputError, array_ijk, as_image, process_alive, public_mode, read_label_map,
                  read_points, write_image, write_points, write_transform)
 from .models import DEFAULT_CARD, ModelSpec, default_model, native_bf16, resolve_model, select_device
-from .preprocessing import (card_grid, initial_translation, normalized_image, on_grid,
+from .preprocessing import (card_grid, grid_region, initial_translation, normalized_image, on_grid,
                             preprocess_labels, pyramid, refinement_grids, resized_grid)
 from .options import NO_MODEL, OUTPUT_FILES, InitialAlignment, RefineOptions, Region
 from .refinement import refine as refine_flow
@@ -531,7 +531,8 @@ def register(
         "device": dev.type,
         "amp": bool(amp and resolved is not None),
         "symmetric": bool(symmetric),
-        "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing}
+        "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing,
+                          "region": "mask" if mask_img is not None else grid_region(card)}
                          if resolved is not None else None),
         "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None
                        else {"iterations": 0}),

@@ -327,3 +327,31 @@ def test_correlation_metrics_on_a_large_grid_use_every_second_voxel():
     np.testing.assert_allclose(sitk.GetArrayFromImage(result.moving_on_fixed),
                                sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)),
                                atol=1e-4)
+
+
+def test_a_foreground_card_puts_the_network_grid_on_the_pair_and_its_flow_in_that_grids_voxels():
+    """A 10-voxel cube in a 60³ field of view and the same cube 3 mm further along x. With ``grid.region:
+    foreground`` the 24³ grid spans the union of the cubes plus 8 mm — i 2…30, j and k 2…27, so 29/24 mm
+    voxels (the whole field of view would give 2.5 mm) — and a constant flow of 3 mm in those voxels must
+    come back as a 3 mm displacement everywhere."""
+    def cube(low: int) -> sitk.Image:
+        return make_image([60, 60, 60], [1.0] * 3, np.eye(3), [0.0] * 3,
+                          lambda p: ((p[..., 0] >= low) & (p[..., 0] < low + 10) & (p[..., 1] >= 10) & (p[..., 1] < 20)
+                                     & (p[..., 2] >= 10) & (p[..., 2] < 20)).astype(float))
+    fixed, moving = cube(10), cube(13)
+    spacing = 29.0 / 24
+    seen = []
+
+    def predict(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        seen.append((f, m))
+        return torch.tensor([3.0 / spacing, 0.0, 0.0]).view(1, 3, 1, 1, 1).expand(1, 3, 24, 24, 24).clone()
+
+    predict.card = {**CARD, "grid": {"shape": [24, 24, 24], "region": "foreground"}}
+    result = register(moving, fixed, model=predict, refine=0)
+    assert result.metrics["network_grid"] == {"shape": [24, 24, 24], "spacing_mm": pytest.approx(spacing),
+                                              "region": "foreground"}
+    field = sitk.GetArrayFromImage(result.displacement).reshape(-1, 3)
+    np.testing.assert_allclose(field, np.broadcast_to([3.0, 0.0, 0.0], field.shape), atol=1e-5)
+    f, m = seen[0]
+    assert float(f.sum()) == pytest.approx(1000 / spacing ** 3, rel=0.05)  # the whole cube is on the grid, once
+    assert float(m.sum()) == pytest.approx(1000 / spacing ** 3, rel=0.05)
