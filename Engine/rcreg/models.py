@@ -21,7 +21,7 @@ import torch
 from .cascade import RecursiveCascadeNetwork
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .options import NO_MODEL
-from .spatial import invert_flow
+from .spatial import invert_flow, mirror, mirror_flow
 
 __all__ = [
     "MODELS_DIR",
@@ -42,6 +42,8 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: Most test-time repeats per cascade: every application's flow is kept, and accuracy stops
 #: improving after a few repeats (docs/benchmarks.md), so larger counts only exhaust memory.
 MAX_REPEAT = 20
+#: The views :meth:`Model.predict` averages with ``flip_average``: the pair as it is and mirrored along each grid axis.
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 
 #: Card given to networks and predictors that come without one: a 128³ grid and 1–99 % percentile
 #: scaling, which suits MR and is harmless for CT.
@@ -117,6 +119,7 @@ class Model:
         callback: Optional[Callable[[int, int], None]] = None,
         amp: Optional[bool] = None,
         symmetric: bool = False,
+        flip_average: bool = False,
     ) -> torch.Tensor:
         """The composed pull-back flow ``(1, 3, X, Y, Z)`` (voxels of the network grid) on the CPU.
 
@@ -127,21 +130,32 @@ class Model:
         fixed) and return the mean of the forward flow and the reverse flow's inverse
         (:func:`~rcreg.spatial.invert_flow`): swapping the images gives (to first order) the inverse
         result, and an image paired with itself hardly moves (what is left is second order in the field); twice
-        the network's time.
+        the network's time. ``flip_average``: every prediction is the mean over the pair as it is and mirrored
+        along each grid axis (:data:`FLIP_VIEWS`, each mirrored flow mapped back by
+        :func:`~rcreg.spatial.mirror_flow`): four times the network's time (docs/registration.md#flip-average).
         """
         if not 1 <= repeat <= MAX_REPEAT:
             raise ValueError(f"--repeat must be 1…{MAX_REPEAT}, got {repeat}")
         fixed, moving = fixed.to(device), moving.to(device)
         options = dict(cascades=cascades, repeat=repeat, device=device, amp=amp)
-        with torch.inference_mode():
-            if not symmetric:
-                flow = self._flow(fixed, moving, callback=callback, **options)
-            else:
-                def half(offset: int) -> Optional[Callable[[int, int], None]]:
-                    return callback and (lambda done, total: callback(offset * total + done, 2 * total))
+        views = FLIP_VIEWS if flip_average else ((),)
+        passes = len(views) * (2 if symmetric else 1)
+        done = 0
 
-                forward = self._flow(fixed, moving, callback=half(0), **options)
-                flow = 0.5 * (forward + invert_flow(self._flow(moving, fixed, callback=half(1), **options)))
+        def estimate(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            total = None
+            for axes in views:
+                report = callback and (lambda d, t, offset=done: callback(offset * t + d, passes * t))
+                flow = mirror_flow(self._flow(mirror(f, axes), mirror(m, axes), callback=report, **options), axes)
+                total = flow if total is None else total + flow
+                done += 1
+            return total / len(views)
+
+        with torch.inference_mode():
+            flow = estimate(fixed, moving)
+            if symmetric:
+                flow = 0.5 * (flow + invert_flow(estimate(moving, fixed)))
         return flow.float().cpu()
 
     def _flow(self, fixed: torch.Tensor, moving: torch.Tensor, *, cascades: Optional[int], repeat: int,

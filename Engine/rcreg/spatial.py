@@ -24,6 +24,8 @@ __all__ = [
     "jacobian_determinant",
     "integrate_velocity",
     "invert_flow",
+    "mirror",
+    "mirror_flow",
     "resize_flow",
 ]
 
@@ -169,6 +171,21 @@ def integrate_velocity(velocity: torch.Tensor, steps: Optional[int] = None) -> t
     for _ in range(steps):
         flow = compose(flow, flow)
     return flow
+
+
+def mirror(volume: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` mirrored along the spatial ``axes`` (0 = X, 1 = Y, 2 = Z): voxel ``x`` ↦ ``n − 1 − x``."""
+    return torch.flip(volume, [2 + a for a in axes]) if axes else volume
+
+
+def mirror_flow(flow: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """A flow ``(B, 3, X, Y, Z)`` (voxels) of the images mirrored along ``axes`` as the flow of the images
+    themselves (and back: it is its own inverse): mirrored, with its components along ``axes`` negated."""
+    if not axes:
+        return flow
+    sign = torch.ones(3, dtype=flow.dtype, device=flow.device)
+    sign[list(axes)] = -1.0
+    return mirror(flow, axes) * sign.view(1, 3, 1, 1, 1)
 
 
 def invert_flow(flow: torch.Tensor, *, iterations: int = 30, tolerance: float = 1e-2) -> torch.Tensor:

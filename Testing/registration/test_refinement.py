@@ -173,3 +173,5 @@ def test_model_none_needs_iterations_and_has_no_symmetric_network(deformed_pair)
         register(moving, fixed, model="none", refine=0)
     with pytest.raises(ValueError, match="^symmetric averages the network's two directions: model 'none' has no network$"):
         register(moving, fixed, model="none", refine=5, symmetric=True)
+    with pytest.raises(ValueError, match="^flip_average averages the network's mirrored predictions: model 'none' has no network$"):
+        register(moving, fixed, model="none", refine=5, flip_average=True)

@@ -199,7 +199,8 @@ def test_apply_cli_matches_register_outputs(saved, tmp_path):
         np.testing.assert_allclose(read_points(tmp_path / "p.csv"), points + shift, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [["--no-amp"], ["--cascades", "1", "--repeat", "2", "--amp", "--symmetric"]])
+@pytest.mark.parametrize("extra", [["--no-amp"], ["--cascades", "1", "--repeat", "2", "--amp", "--symmetric"],
+                                   ["--flip-average", "--no-amp"]])
 def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, capsys):
     fixed, moving, _ = oblique_pair
     sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
@@ -218,10 +219,12 @@ def test_random_network_end_to_end_through_cli(oblique_pair, tmp_path, extra, ca
     assert {stat.S_IMODE((tmp_path / "out" / n).stat().st_mode) for n in names} == {0o666 & ~umask}
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["amp"] == ("--amp" in extra) and metrics["symmetric"] == ("--symmetric" in extra)
+    assert metrics["flip_average"] == ("--flip-average" in extra)
     assert metrics["model"] == "random" and set(metrics["timings_s"]) >= {"read", "preprocess", "network", "field", "resample"}
     stderr = capsys.readouterr().err
     expected_cascades = 1 + (2 if "--cascades" not in extra else 1 * 2)  # affine + deformable × repeat
     expected_cascades *= 2 if "--symmetric" in extra else 1  # both orders of the pair
+    expected_cascades *= 4 if "--flip-average" in extra else 1  # the pair and its three mirror images
     assert f"cascade {expected_cascades}/{expected_cascades}" in stderr
     # The saved transform reproduces the saved image for an arbitrary (random-network) field too; an int16
     # moving image gives an int16 warped image: SimpleITK's float resampling rounded to the nearest integer.

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symmetric", action="store_true",
                         help="the network's field is the mean of its prediction and the inverse of the swapped pair's: "
                         "inverse-consistent, almost no motion for an image registered to itself (twice the network's time)")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="the network's field is the mean of its predictions for the pair as it is and mirrored "
+                        "along each axis: lower error and drift for the brain model (four times the network's time)")
     parser.add_argument("--dense-field", action="store_true",
                         help="also write displacement.nii.gz: the field on the fixed image's full grid (large)")
     parser.add_argument("--dense-metrics", action="store_true",
@@ -85,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output_dir, "--output-dir")  # before any work, not after it
     set_threads(args.threads)
     options = dict(model=args.model, cascades=args.cascades, repeat=args.repeat, device=args.device, amp=args.amp,
-                   symmetric=args.symmetric, initial_alignment=args.initial_alignment, refine=refine_arguments(args),
-                   dense_metrics=args.dense_metrics)
+                   symmetric=args.symmetric, flip_average=args.flip_average, initial_alignment=args.initial_alignment,
+                   refine=refine_arguments(args), dense_metrics=args.dense_metrics)
     save = dict(dense_field=args.dense_field, figure=not args.no_figure)
     if args.pairs:
         from ..cohort import print_progress, read_pairs, register_pairs

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Symmetric network inference (``register(symmetric=True)``) against the plain forward pass, on held-out cases.
+"""Averaged network inference — ``register(symmetric=True)``, ``register(flip_average=True)`` — against the plain
+forward pass, on held-out cases.
 
-    .venv/bin/python benchmarks/symmetric_inference.py [--threads 2] [--report docs/symmetric.md]
+    .venv/bin/python benchmarks/network_averaging.py [--threads 2] [--report docs/network_averaging.md]
 
 Every held-out case of the accuracy benchmark (benchmarks/accuracy_cases.py; docs/data.md) is registered both
 ways — moving to fixed and fixed to moving — by the bundled model of its domain, with the network alone and with
-the default refinement, each with and without ``symmetric``. Columns: Dice and, on the synthetic cases, the
+the default refinement, each with each averaging of :data:`AVERAGING`. Columns: Dice and, on the synthetic cases, the
 field error against the known field (forward direction); *inverse consistency*, the mean distance
 ``|φ_back(φ_forward(p)) − p|`` (mm) over the fixed foreground, 0 when the two directions are exact inverses;
 the network stage's seconds (forward direction). Then each image of the ablations' self-registration set
@@ -34,21 +35,23 @@ from rcreg.runtime import set_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"network alone": 0, "default refinement": None}
+#: The network's averagings compared (the ``register`` options of each).
+AVERAGING = {"none": {}, "symmetric": {"symmetric": True}, "flip-average": {"flip_average": True}}
 
 
 def case_rows(domain: str) -> list[str]:
-    """One Markdown row per (case, mode, symmetric) of ``domain``."""
+    """One Markdown row per (case, mode, averaging) of ``domain``."""
     rows = []
     for case in domain_cases(domain):
         for mode, refine in MODES.items():
-            for symmetric in (False, True):
-                options = dict(model=BUNDLED[domain], refine=refine, symmetric=symmetric, device="cpu")
+            for averaging, extra in AVERAGING.items():
+                options = dict(model=BUNDLED[domain], refine=refine, device="cpu", **extra)
                 forward = register(case.moving, case.fixed, **options)
                 backward = register(case.fixed, case.moving, **options)
                 scores = score(case, forward.displacement, 0.0)
                 trip = round_trip_error(forward.transform, backward.transform, case.fixed).transpose(2, 1, 0)
                 error = f"{scores['field_error_mm']:.2f}" if "field_error_mm" in scores else "–"
-                rows.append(f"| {case.name} | {mode} | {'yes' if symmetric else 'no'} | {scores['dice_mean']:.3f} | "
+                rows.append(f"| {case.name} | {mode} | {averaging} | {scores['dice_mean']:.3f} | "
                             f"{error} | {trip[case.foreground].mean():.3f} | {forward.metrics['timings_s']['network']:.2f} |")
                 print(rows[-1], flush=True)
     return rows
@@ -59,9 +62,8 @@ def self_rows(domain: str) -> list[str]:
     for name, image, foreground in self_images(domain):
         cells = []
         for refine in MODES.values():
-            for symmetric in (False, True):
-                field = register(image, image, model=BUNDLED[domain], refine=refine, symmetric=symmetric,
-                                 device="cpu").displacement
+            for extra in AVERAGING.values():
+                field = register(image, image, model=BUNDLED[domain], refine=refine, device="cpu", **extra).displacement
                 cells.append(f"{np.linalg.norm(array_ijk(field), axis=-1)[foreground].mean():.3f}")
         rows.append(f"| {name} | {BUNDLED[domain]} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
@@ -71,20 +73,21 @@ def self_rows(domain: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "symmetric.md")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "network_averaging.md")
     args = parser.parse_args()
     set_threads(args.threads)
-    cases = ["| case | registration | symmetric | Dice | field error mm | inverse consistency mm | network s |",
+    cases = ["| case | registration | averaging | Dice | field error mm | inverse consistency mm | network s |",
              "|---|---|---|---:|---:|---:|---:|"]
-    selfs = ["| image | model | network alone | network alone, symmetric | default | default, symmetric |",
-             "|---|---|---:|---:|---:|---:|"]
+    selfs = ["| image | model | " + " | ".join(f"{mode}, {averaging}" for mode in MODES for averaging in AVERAGING) + " |",
+             "|---|---|" + "---:|" * (len(MODES) * len(AVERAGING))]
     for domain in SELF:
         cases += case_rows(domain)
         selfs += self_rows(domain)
-    header = (f"# Symmetric network inference\n\nGenerated by `python benchmarks/symmetric_inference.py` on "
+    header = (f"# Averaged network inference: symmetric, flip-average\n\n"
+              f"Generated by `python benchmarks/network_averaging.py` on "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({platform.machine()}, {args.threads} CPU "
-              f"threads, torch {torch.__version__}); what it measures: the script's docstring. The option: "
-              f"[registration.md](registration.md#symmetric).\n")
+              f"threads, torch {torch.__version__}); what it measures: the script's docstring. The options: "
+              f"[registration.md](registration.md#symmetric), [flip-average](registration.md#flip-average).\n")
     text = (header + "\n## Held-out cases, registered both ways\n\n" + "\n".join(cases)
             + "\n\n## An image registered to itself: mean |u| (mm)\n\n" + "\n".join(selfs) + "\n")
     with atomic_path(args.report) as partial:
