@@ -119,6 +119,7 @@ class RecursiveCascadeRegistrationParameterNode:
     fixedMask: vtkMRMLSegmentationNode
     initialAlignment: Annotated[str, Choice(choices.INITIAL_ALIGNMENTS)] = "none"
     symmetric: bool = False
+    flipAverage: bool = False
     refineIterations: Annotated[int, WithinRange(-1, 1000)] = -1
     refineSimilarity: Annotated[str, Choice((choices.DEFAULT, *choices.REFINE_SIMILARITIES))] = choices.DEFAULT
     diffeomorphic: bool = False
@@ -267,7 +268,7 @@ class RecursiveCascadeRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserv
                         fixedSegmentationNode=node.fixedSegmentation,
                         outputSegmentationNode=node.outputSegmentation,
                         fixedMaskNode=node.fixedMask, initialAlignment=node.initialAlignment,
-                        symmetric=node.symmetric,
+                        symmetric=node.symmetric, flipAverage=node.flipAverage,
                         refineIterations=None if node.refineIterations < 0 else node.refineIterations,
                         refineSimilarity=None if node.refineSimilarity == choices.DEFAULT else node.refineSimilarity,
                         diffeomorphic=node.diffeomorphic,

@@ -219,6 +219,24 @@ def test_sample_data_registers_the_phantom_pair(module, scene, monkeypatch):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == before + 2
 
 
+def test_flip_average_option_reaches_the_engine(pair):
+    """``flipAverage=True`` averages the predictor's flow over the volumes as they are and mirrored along each
+    axis: a constant shift ignores the mirroring, so each axis's own mirrored view negates that axis's part
+    and the mean is half the shift ((3 − 1) / 4)."""
+    fixed, _, moving, _ = pair
+    logic = RecursiveCascadeRegistrationLogic()
+    points = pointsInside(fixed, count=50)
+    shift = lambda f, m: torch.full((1, 3, *f.shape[2:]), 0.8)
+    moved = {}
+    for flip in (False, True):
+        metrics = logic.registerVolumes(fixed, moving, model=shift, refineIterations=0, flipAverage=flip)
+        assert metrics["flip_average"] is flip
+        fromParent = logic.outputTransformNode.GetTransformFromParent()
+        moved[flip] = np.array([np.subtract(fromParent.TransformPoint(p), p) for p in points])
+    np.testing.assert_allclose(moved[True], 0.5 * moved[False], atol=1e-4)
+    assert np.linalg.norm(moved[False], axis=1).min() > 0.2  # the shift really moved the points
+
+
 def test_symmetric_option_reaches_the_engine(pair):
     """``symmetric=True`` averages the predictor's flow with the inverse of its flow for the swapped pair: a
     predictor that ignores the order of the volumes (a pure bias, like a network's drift) is cancelled up to

@@ -101,11 +101,12 @@ def test_page_options_become_register_volumes_keywords():
     logic = importlib.import_module("RecursiveCascadeRegistrationLib.logic")
     state = SimpleNamespace(model=lib.choices.DEFAULT, cascades="2", repeat="1", refine_iterations="3",
                             refine_similarity="mi", refine_weight="2.5", refine_levels="2", refine_spacing="3",
-                            initial_alignment="mass", symmetric=True, diffeomorphic=True, device="cpu")
+                            initial_alignment="mass", symmetric=True, flip_average=True, diffeomorphic=True,
+                            device="cpu")
     options = RegistrationApp._options(SimpleNamespace(lib=lib, state=state))
     assert options == {"model": None, "cascades": 2, "repeat": 1, "refineIterations": 3, "refineSimilarity": "mi",
                        "refineWeight": 2.5, "refineLevels": 2, "refineSpacing": 3.0, "initialAlignment": "mass",
-                       "symmetric": True, "diffeomorphic": True, "device": "cpu"}
+                       "symmetric": True, "flipAverage": True, "diffeomorphic": True, "device": "cpu"}
     parameters = inspect.signature(logic.RecursiveCascadeRegistrationLogic.registerVolumes).parameters
     assert set(options) <= set(parameters)
     state.refine_weight = "heavy"

@@ -121,7 +121,7 @@ class RegistrationApp:
         state.update({"model": choices.DEFAULT, "cascades": "all", "repeat": "1", "refine_iterations": "default",
                       "refine_weight": "default", "refine_levels": "default", "refine_spacing": "default",
                       "initial_alignment": "none", "refine_similarity": choices.DEFAULT,
-                      "device": "auto", "symmetric": False, "diffeomorphic": False, "fade": 0.5, "show_grid": True,
+                      "device": "auto", "symmetric": False, "flip_average": False, "diffeomorphic": False, "fade": 0.5, "show_grid": True,
                       "show_segmentation": True, "running": False, "progress": 0, "status": "", "error": "",
                       "metrics_rows": [], "downloads": [], "uploads": None,
                       **{slot: None for slot in _SLOTS}})
@@ -267,7 +267,8 @@ class RegistrationApp:
                 "refineLevels": _whole_number(state.refine_levels, "refinement levels", "default"),
                 "refineSpacing": _positive_number(state.refine_spacing, "refinement spacing (mm)", "default"),
                 "initialAlignment": str(state.initial_alignment), "symmetric": bool(state.symmetric),
-                "diffeomorphic": bool(state.diffeomorphic), "device": str(state.device)}
+                "flipAverage": bool(state.flip_average), "diffeomorphic": bool(state.diffeomorphic),
+                "device": str(state.device)}
 
     def _inputs(self) -> runner.Inputs:
         fixed, moving = self._image("fixed_file"), self._image("moving_file")

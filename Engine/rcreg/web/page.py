@@ -72,8 +72,9 @@ def _options() -> None:
                 v.VTextField(v_model=(key, "default"), label=label, id=key.replace("_", "-"), density="compact",
                              disabled=("running",), hide_details=True)
     for key, label in (("symmetric", "Symmetric network (inverse-consistent)"),
+                       ("flip_average", "Flip-average network (brains)"),
                        ("diffeomorphic", "Diffeomorphic refinement")):
-        v.VCheckbox(v_model=(key, False), label=label, id=key, density="compact", disabled=("running",),
+        v.VCheckbox(v_model=(key, False), label=label, id=key.replace("_", "-"), density="compact", disabled=("running",),
                     hide_details=True)
 
 
