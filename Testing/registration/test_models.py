@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 import rcreg.models as models
 from rcreg import RecursiveCascadeNetwork, save_checkpoint
 from rcreg.checkpoint import CheckpointError
 from rcreg.cli import main
 from rcreg.models import DEFAULT_CARD, list_models, resolve_model, select_device
-from rcreg.spatial import centered_grid, identity_grid, mirror_flow
+from rcreg.spatial import centered_grid, identity_grid
 
 
 @pytest.fixture
@@ -108,24 +107,6 @@ def test_symmetric_prediction_averages_the_forward_flow_and_the_reverse_flows_in
     assert symmetric.abs().max() < 0.1 * biased(fixed, moving).abs().max()
     torch.testing.assert_close(resolve_model(consistent).predict(fixed, moving, symmetric=True),
                                consistent(fixed, moving), atol=1e-5, rtol=0)
-
-
-def test_mirror_flow_is_the_flow_of_the_mirrored_pair():
-    """Independent warper (scipy): a moving image warped by a smooth random flow u, both mirrored along an axis
-    set, are related by mirror_flow(u) — and mirroring twice gives u back."""
-    rng = np.random.default_rng(3)
-    shape = (14, 12, 10)
-    moving = ndimage.gaussian_filter(rng.random(shape), 1.5)
-    flow = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 3.0) * 20 for _ in range(3)])
-    identity = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
-    warp = lambda image, u: ndimage.map_coordinates(image, identity + u, order=1, mode="nearest")
-    fixed = warp(moving, flow)
-    for axes in [(0,), (1, 2), (0, 1, 2)]:
-        mirrored = mirror_flow(torch.from_numpy(flow)[None], axes)[0].numpy()
-        mirror_np = lambda a: np.flip(a, axes).copy()
-        np.testing.assert_allclose(warp(mirror_np(moving), mirrored), mirror_np(fixed), atol=1e-9)
-        torch.testing.assert_close(mirror_flow(mirror_flow(torch.from_numpy(flow)[None], axes), axes)[0],
-                                   torch.from_numpy(flow))
 
 
 def test_flip_average_keeps_a_mirror_equivariant_prediction_and_runs_every_view():
