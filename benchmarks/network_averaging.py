@@ -6,7 +6,7 @@ forward pass, on held-out cases.
 
 Every held-out case of the accuracy benchmark (benchmarks/accuracy_cases.py; docs/data.md) is registered both
 ways — moving to fixed and fixed to moving — by the bundled model of its domain, with the network alone and with
-the default refinement, each with each averaging of :data:`AVERAGING`. Columns: Dice and, on the synthetic cases, the
+the default refinement, each with each averaging of :data:`AVERAGING` (the last also with ``repeat=2``). Columns: Dice and, on the synthetic cases, the
 field error against the known field (forward direction); *inverse consistency*, the mean distance
 ``|φ_back(φ_forward(p)) − p|`` (mm) over the fixed foreground, 0 when the two directions are exact inverses;
 the network stage's seconds (forward direction). Then each image of the ablations' self-registration set
@@ -35,8 +35,10 @@ from rcreg.runtime import set_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"network alone": 0, "default refinement": None}
-#: The network's averagings compared (the ``register`` options of each).
-AVERAGING = {"none": {}, "symmetric": {"symmetric": True}, "flip-average": {"flip_average": True}}
+#: The network's averagings compared (the ``register`` options of each), alone and combined with shared-weight repeats.
+AVERAGING = {"none": {}, "symmetric": {"symmetric": True}, "flip-average": {"flip_average": True},
+             "symmetric + flip-average": {"symmetric": True, "flip_average": True},
+             "symmetric + flip-average, repeat 2": {"symmetric": True, "flip_average": True, "repeat": 2}}
 
 
 def case_rows(domain: str) -> list[str]:
