@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from .io import MIN_SIZE, ImageLike, InputError, array_ijk, as_image, read_label_map, same_grid
-from .options import ALIGNMENTS, GRID_REGIONS, GridRegion, InitialAlignment
+from .options import ALIGNMENTS, GRID_REGIONS, InitialAlignment
 
 __all__ = ["network_grid", "grid_region", "foreground_region", "card_grid", "refinement_grids", "resized_grid", "normalize", "normalized_image", "on_grid", "pyramid",
            "preprocess", "preprocess_labels", "grid_shape", "initial_translation"]
@@ -45,8 +45,11 @@ _SLICE_SHARE = 0.005
 FOREGROUND_MARGIN_MM = 8.0
 
 
-def grid_region(card: dict) -> GridRegion:
-    """What the network grid of a model card covers (``grid.region``; ``"image"`` when absent)."""
+def grid_region(card: dict, mask: Optional[sitk.Image] = None) -> str:
+    """What the network grid of a model card covers: ``"mask"`` (the mask's bounding box) when a mask is given,
+    else the card's ``grid.region`` (a :data:`~rcreg.options.GridRegion`; ``"image"`` when absent)."""
+    if mask is not None:
+        return "mask"
     region = (card.get("grid") or {}).get("region", "image")
     if region not in GRID_REGIONS:
         raise ValueError(f"model card grid region must be one of {', '.join(GRID_REGIONS)}, got {region!r}")
@@ -136,7 +139,7 @@ def card_grid(card: dict, fixed: sitk.Image, moving: Optional[sitk.Image] = None
     over the mask's bounding box if one is given, else over what the card's :func:`grid_region` says
     (``"foreground"``: :func:`foreground_region` of ``fixed`` and ``moving``)."""
     region = None
-    if mask is None and grid_region(card) == "foreground":
+    if grid_region(card, mask) == "foreground":
         region = foreground_region(fixed, *([moving] if moving is not None else []))
     return network_grid(fixed, grid_shape(card), mask, region)
 

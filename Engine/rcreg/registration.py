@@ -539,7 +539,7 @@ def register(
         "symmetric": bool(symmetric),
         "flip_average": bool(flip_average),
         "network_grid": ({"shape": list(fixed_t.shape[2:]), "spacing_mm": network_spacing,
-                          "region": "mask" if mask_img is not None else grid_region(card)}
+                          "region": grid_region(card, mask_img)}
                          if resolved is not None else None),
         "refinement": ({**options.to_dict(), "levels_run": refinement.levels} if refinement is not None
                        else {"iterations": 0}),
