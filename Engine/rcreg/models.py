@@ -20,7 +20,7 @@ import torch
 
 from .cascade import RecursiveCascadeNetwork
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .options import NO_MODEL
+from .options import MAX_REPEAT, NO_MODEL
 from .spatial import invert_flow, mirror, mirror_flow
 
 __all__ = [
@@ -39,9 +39,6 @@ __all__ = [
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
-#: Most test-time repeats per cascade: every application's flow is kept, and accuracy stops
-#: improving after a few repeats (docs/benchmarks.md), so larger counts only exhaust memory.
-MAX_REPEAT = 20
 #: The views :meth:`Model.predict` averages with ``flip_average``: the pair as it is and mirrored along each grid axis.
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 

@@ -1,7 +1,7 @@
 """Options of the engine that its command line, the Slicer module and configs need without torch.
 
 Refinement options (:class:`RefineOptions`, used by :mod:`rcreg.refinement`), the initial alignments, the body
-regions of model cards, the model name that means "no network", and the names of the files
+regions of model cards, the most test-time repeats, the model name that means "no network", and the names of the files
 :meth:`rcreg.registration.RegistrationResult.save` writes.
 Importing this module imports neither torch nor SimpleITK.
 """
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Optional, get_args
 
 __all__ = ["Similarity", "Regularization", "SIMILARITIES", "REGULARIZATIONS", "InitialAlignment", "ALIGNMENTS",
-           "Region", "REGIONS", "GridRegion", "GRID_REGIONS", "RefineOptions", "check_ncc_window", "NO_MODEL", "OUTPUT_FILES"]
+           "Region", "REGIONS", "GridRegion", "GRID_REGIONS", "RefineOptions", "check_ncc_window", "MAX_REPEAT", "NO_MODEL", "OUTPUT_FILES"]
 
 Similarity = Literal["ncc", "pearson", "mse", "mi"]
 Regularization = Literal["diffusion", "bending"]
@@ -31,6 +31,10 @@ GRID_REGIONS: tuple[str, ...] = get_args(GridRegion)
 #: How to place the moving image before registration (:func:`rcreg.preprocessing.initial_translation`).
 InitialAlignment = Literal["none", "geometry", "mass"]
 ALIGNMENTS: tuple[str, ...] = get_args(InitialAlignment)
+
+#: Most test-time repeats per cascade: every application's flow is kept, and accuracy stops
+#: improving after a few repeats (docs/benchmarks.md), so larger counts only exhaust memory.
+MAX_REPEAT = 20
 
 #: ``model=NO_MODEL`` registers by refinement alone, from the initial alignment (no network).
 NO_MODEL = "none"

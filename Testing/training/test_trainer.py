@@ -348,3 +348,66 @@ def test_snapshots_are_kept_and_average(tiny_config, tmp_path):
     for name, value in mean.state_dict().items():
         torch.testing.assert_close(value, (first[name] + last.state_dict()[name]) / 2)
 
+
+
+@pytest.mark.parametrize("symmetric, flip_average", [(False, True), (True, False)])
+def test_a_teachers_averaged_flow_is_the_field_target_of_the_other_pairs(tiny_config, tmp_path, monkeypatch,
+                                                                         symmetric, flip_average):
+    """With a teacher, every pair has a field-loss target over its content: identity pairs keep no motion, every
+    other pair gets the teacher network's flow for exactly the images the network sees, averaged over the pair
+    and its mirrors along each axis (mirrored back here by hand: flipped, and that axis's component negated) or
+    made symmetric (mean with the inverse of the swapped pair's flow)."""
+    import rcreg.training.trainer as trainer
+    from rcreg.losses import RegistrationLoss
+    from rcreg.spatial import invert_flow
+
+    first = train(tiny_config(output=str(tmp_path / "teacher"), iterations=3, lr=1e-3, val=None))
+    teacher, _ = model_from_checkpoint(first.last)
+    seen, real_loss = [], RegistrationLoss.forward
+
+    def loss(self, output, fixed, warped_labels=None, fixed_labels=None, moving=None, known_flow=None,
+             known_weights=None):
+        seen.append((fixed.detach().clone(), moving.detach().clone(), known_flow.clone(), known_weights.clone()))
+        return real_loss(self, output, fixed, warped_labels, fixed_labels, moving, known_flow, known_weights)
+
+    monkeypatch.setattr(trainer.RegistrationLoss, "forward", loss)
+    train(tiny_config(output=str(tmp_path / "student"), iterations=4, val=None, batch_size=4, identity_pairs=0.3,
+                      field_weight=1.0, teacher=str(first.last), teacher_symmetric=symmetric,
+                      teacher_flip_average=flip_average, gamma=0, bias_field=0, noise=0))
+
+    def flow(f, m, axis=None):
+        if axis is None:
+            return teacher(f, m).flow
+        mirrored = teacher(f.flip(2 + axis), m.flip(2 + axis)).flow.flip(2 + axis)
+        mirrored[:, axis] *= -1
+        return mirrored
+
+    kinds = {"identity": 0, "taught": 0}
+    with torch.no_grad():
+        for fixed, moving, target, weights in seen:
+            assert (weights.flatten(1).amax(1) > 0).all()  # every pair is supervised
+            for i in range(fixed.shape[0]):
+                f, m, u = fixed[i:i + 1], moving[i:i + 1], target[i:i + 1]
+                if torch.equal(f, m):
+                    kinds["identity"] += 1
+                    assert not u.any()
+                    continue
+                kinds["taught"] += 1
+                if flip_average:
+                    expected = sum(flow(f, m, axis) for axis in (None, 0, 1, 2)) / 4
+                else:
+                    expected = 0.5 * (flow(f, m) + invert_flow(flow(m, f)))
+                scale = expected.abs().max()
+                assert scale > 1e-3
+                assert (u - expected).abs().max() < 1e-4 * scale + 1e-6
+                assert (u - flow(f, m)).abs().max() > 1e-2 * scale  # the averaging changed the single pass
+    assert min(kinds.values()) > 0, kinds
+
+
+def test_teacher_needs_field_weight_and_a_valid_repeat(tiny_config):
+    from rcreg.training.config import ConfigError
+    with pytest.raises(ConfigError, match="teacher needs field_weight"):
+        tiny_config(teacher="brain_mr_t1").check()
+    with pytest.raises(ConfigError, match="teacher_repeat"):
+        tiny_config(teacher="brain_mr_t1", field_weight=1.0, teacher_repeat=0).check()
+    tiny_config(teacher="brain_mr_t1", field_weight=1.0).check()  # the teacher's pairs are enough for field_weight

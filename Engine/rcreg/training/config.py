@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
-from ..options import GridRegion, Region, check_ncc_window
+from ..options import MAX_REPEAT, GridRegion, Region, check_ncc_window
 
 __all__ = ["TrainConfig", "ConfigError", "choices", "load_config", "add_arguments", "config_from_args"]
 
@@ -88,7 +88,15 @@ class TrainConfig:
                                          "alone (not in the paper: gives the affine cascade its own objective)", "loss")
     dice_weight: float = _opt(0.0, "weight of a soft Dice loss on warped label maps (needs training labels)", "loss")
     field_weight: float = _opt(0.0, "weight of the endpoint error (voxels) of the network's flow against the true "
-                                    "field, on the pairs where it is known (synthetic_pairs, identity_pairs)", "loss")
+                                    "field, on the pairs where it is known (synthetic_pairs, identity_pairs) and, "
+                                    "with a teacher, against the teacher's flow on the others", "loss")
+    teacher: Optional[str] = _opt(None, "a model (installed name or checkpoint) whose flow, averaged at test time as "
+                                        "teacher_symmetric / teacher_flip_average / teacher_repeat say, is the field "
+                                        "loss's target on every pair whose true field is not known: distils that "
+                                        "averaging into the single pass (not in the paper; needs field_weight)", "loss")
+    teacher_symmetric: bool = _opt(True, "the teacher's flow is its symmetric one (rcreg register --symmetric)", "loss")
+    teacher_flip_average: bool = _opt(True, "the teacher's flow is averaged over mirrored pairs (--flip-average)", "loss")
+    teacher_repeat: int = _opt(1, "shared-weight repeats of the teacher's cascades (--repeat)", "loss")
     # augmentation
     ffd_amplitude: float = _opt(4.0, "largest displacement (voxels) of the random B-spline deformation of the moving "
                                      "image; 0 = off", "augmentation")
@@ -193,8 +201,13 @@ class TrainConfig:
         for name in ("identity_pairs", "synthetic_pairs"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be a share in [0, 1], got {getattr(self, name)}")
-        if self.field_weight > 0 and self.synthetic_pairs == 0 and self.identity_pairs == 0:
-            raise ConfigError("field_weight needs pairs whose field is known: set synthetic_pairs or identity_pairs > 0")
+        if self.field_weight > 0 and self.synthetic_pairs == 0 and self.identity_pairs == 0 and self.teacher is None:
+            raise ConfigError("field_weight needs pairs whose field is known: set synthetic_pairs or identity_pairs > 0, "
+                              "or a teacher")
+        if self.teacher is not None and self.field_weight <= 0:
+            raise ConfigError("teacher needs field_weight > 0 (the teacher's flow is the field loss's target)")
+        if not 1 <= self.teacher_repeat <= MAX_REPEAT:
+            raise ConfigError(f"teacher_repeat must be 1…{MAX_REPEAT}, got {self.teacher_repeat}")
         if self.train is None:
             raise ConfigError("no training data: set `train` in the config or pass --train PATH")
         if self.mode == "atlas" and self.atlas is None:
@@ -278,7 +291,7 @@ def load_config(path: str | Path) -> dict:
         data = {key: _typed(key, value) for key, value in data.items()}
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    for key in ("train", "val", "atlas", "atlas_labels", "cache", "init"):
+    for key in ("train", "val", "atlas", "atlas_labels", "cache", "init", "teacher"):
         value = data.get(key)
         if isinstance(value, str):
             parts = value.split(";") if key == "train" else [value]
@@ -291,7 +304,7 @@ def _relative_to(config: Path, value: str, key: str) -> str:
     (sample data, other schemes and installed model names unchanged)."""
     if ":" in value[:8] or Path(value).expanduser().is_absolute():
         return value
-    if key == "init" and not (config.parent / value).is_file():  # init may also name an installed model
+    if key in ("init", "teacher") and not (config.parent / value).is_file():  # or name an installed model
         return value
     return str(config.parent / value)
 

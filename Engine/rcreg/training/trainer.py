@@ -235,6 +235,7 @@ class _Run:
         if ctx.is_main and self.output.is_dir():
             remove_stale_temporaries(self.output)  # half-written checkpoints of a killed run
         init = resolve_model(config.init) if config.init and not config.resume else None  # fail before any work
+        self.teacher = resolve_model(config.teacher) if config.teacher else None
         self.init_provenance = {"source": config.init, "training": init.card.get("training")} if init else None
         threads = config.threads or (max(1, (torch.get_num_threads() // ctx.local_world_size)) if ctx.distributed else 0)
         if threads:
@@ -343,12 +344,15 @@ class _Run:
             moving, moving_labels, same = _identity_pairs(fixed, moving, fixed_labels, moving_labels,
                                                           config.identity_pairs, gen)
             known, known_flow = known | same, torch.where(same.view(-1, 1, 1, 1, 1), 0.0, known_flow)
-        # Where the field loss counts: the known pairs' image content (only built when the loss is on).
-        known_weights = known.view(-1, 1, 1, 1, 1) * _foreground(fixed) if config.field_weight > 0 else None
+        content = _foreground(fixed) if config.field_weight > 0 else None  # where the field loss counts
         if self.augment.contrast > 0:
             fixed, moving = random_contrast(fixed, moving, self.augment.contrast, gen)
         fixed = augment_intensity(fixed, self.augment, gen)
         moving = augment_intensity(moving, self.augment, gen)
+        if self.teacher is not None:  # the teacher sees what the network sees
+            known_flow = torch.where(known.view(-1, 1, 1, 1, 1), known_flow, self._teacher_flows(fixed, moving, ~known))
+            known = torch.ones_like(known)
+        known_weights = known.view(-1, 1, 1, 1, 1) * content if content is not None else None
         lr = learning_rate(self.step, config.lr, config.lr_steps, config.lr_factor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -367,6 +371,17 @@ class _Run:
         self.step += 1
         terms["lr"] = lr
         return terms, (fixed[0, 0], moving[0, 0], out.warped[0, 0].detach())
+
+    def _teacher_flows(self, fixed: torch.Tensor, moving: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """The teacher's test-time-averaged flows ``(B, 3, X, Y, Z)`` (voxels) for the pairs ``which`` ``(B,)``
+        (bool) of the images ``(B, 1, X, Y, Z)``; zero for the others."""
+        config = self.config
+        flows = torch.zeros(fixed.shape[0], 3, *fixed.shape[2:], device=fixed.device)
+        for i in which.nonzero().flatten().tolist():
+            flows[i] = self.teacher.predict(fixed[i:i + 1], moving[i:i + 1], repeat=config.teacher_repeat,
+                                            device=fixed.device, symmetric=config.teacher_symmetric,
+                                            flip_average=config.teacher_flip_average)[0].to(fixed.device)
+        return flows
 
     def _validate(self) -> None:
         scores = _validate(self.model, self.val, self.ctx.device)
